@@ -1,0 +1,46 @@
+"""Segmentation losses, written from scratch. Both take raw logits (N, C, H, W) and class indices (N, H, W).
+
+Neither applies a softmax before a cross-entropy: BCE works on the logits themselves (its sigmoid lives
+inside `binary_cross_entropy_with_logits`, numerically stable), and Dice turns logits into
+probabilities with a softmax first, since a Dice of raw logits is meaningless.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def one_hot(target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(N, H, W) class indices -> (N, C, H, W) float one-hot."""
+    return F.one_hot(target.long(), num_classes).permute(0, 3, 1, 2).float()
+
+
+class OneHotBCEWithLogitsLoss(nn.Module):
+    """Binary cross-entropy per class channel against the one-hot mask, mean over every element."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        return F.binary_cross_entropy_with_logits(logits, one_hot(target, logits.shape[1]))
+
+
+class SoftDiceLoss(nn.Module):
+    """1 - soft Dice on softmax probabilities, per class over the whole batch, mean over classes.
+
+    `smooth` is added to numerator and denominator so that a class absent from both prediction and
+    target counts as a perfect match rather than 0/0.
+    """
+
+    def __init__(self, smooth: float = 1.0) -> None:
+        super().__init__()
+        self.smooth = smooth
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        probs = logits.float().softmax(dim=1)
+        truth = one_hot(target, logits.shape[1])
+        dims = (0, 2, 3)
+        intersection = (probs * truth).sum(dims)
+        total = probs.sum(dims) + truth.sum(dims)
+        dice = (2 * intersection + self.smooth) / (total + self.smooth)
+        return 1 - dice.mean()

@@ -1,0 +1,125 @@
+"""The UNet task: Oxford-IIIT Pet trimap segmentation, trained with BCE or Dice, scored on common metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from torch import nn
+
+from s18exp.data import Batches, TensorSplit
+from s18exp.io import atomic_save_image
+from s18exp.loop import Runtime
+from s18exp.metrics import ConfusionMatrix, segmentation_scores
+from s18exp.pictures import captioned_grid, overlay, to_pil
+from s18exp.tracking import Tracker
+
+PREDICTION_IMAGES = 8
+PREDICTION_SEED = 0  # not the run's seed: every run shows the same test images
+
+
+class SegmentationTask:
+    name = "unet"
+    monitor = "miou"
+    monitor_mode = "max"
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self.criterion: nn.Module = instantiate(cfg.loss.criterion)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+
+    def build_data(self) -> Any:
+        data = instantiate(self.cfg.data, cache_dir=self.cfg.paths.cache_dir)
+        self.class_names = data.class_names
+        self.mean = torch.tensor(data.mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(data.std).view(1, 3, 1, 1)
+        return data
+
+    def build_model(self, data: Any) -> nn.Module:
+        return instantiate(
+            self.cfg.model,
+            num_classes=data.num_classes,
+            downsample=instantiate(self.cfg.encoder.downsample),
+            upsample=instantiate(self.cfg.decoder.upsample),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """What identifies this run's combo in summary.json, W&B tags and the report."""
+        return {
+            "task": self.name,
+            "encoder": self.cfg.encoder.name,
+            "decoder": self.cfg.decoder.name,
+            "loss": self.cfg.loss.name,
+            "seed": self.cfg.seed,
+            "combo": self.cfg.combo,
+        }
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images -> ImageNet-normalised floats, channels_last."""
+        mean, std = self.mean.to(images.device), self.std.to(images.device)
+        x = (images.float() / 255 - mean) / std
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def augment(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """A horizontal flip of half the samples, the same flip for an image and its mask."""
+        flip = torch.rand(len(images), generator=self.generator) < 0.5
+        flip = flip.to(images.device)
+        images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+        masks = torch.where(flip.view(-1, 1, 1), masks.flip(-1), masks)
+        return images, masks
+
+    def training_loss(self, model: nn.Module, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        images, masks = self.augment(images, masks)
+        return self.criterion(model(self.normalize(images)), masks)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: Batches, runtime: Runtime) -> dict[str, float]:
+        """Mean loss and the confusion-matrix scores over the whole split."""
+        model.eval()
+        confusion = ConfusionMatrix(len(self.class_names), runtime.device)
+        loss_sum = torch.zeros((), device=runtime.device)
+        for images, masks in batches:
+            images, masks = runtime.to_device(images, masks)
+            with runtime.autocast():
+                logits = model(self.normalize(images))
+            loss_sum += self.criterion(logits, masks) * len(images)
+            confusion.update(logits.argmax(1), masks)
+        scores = segmentation_scores(confusion.matrix(), self.class_names)
+        return {"loss": (loss_sum / len(batches.split)).item(), **scores}
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, images: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+        """uint8 images (N, 3, H, W) -> predicted class indices (N, H, W) on the CPU."""
+        model.eval()
+        with runtime.autocast():
+            logits = model(self.normalize(images.to(runtime.device)))
+        return logits.argmax(1).cpu()
+
+    def pictures(self, model: nn.Module, test: TensorSplit, runtime: Runtime, run_dir: Path, tracker: Tracker) -> None:
+        """predictions.png: the same 8 test images for every run, as image | ground truth | prediction."""
+        count = min(PREDICTION_IMAGES, len(test))
+        order = torch.randperm(len(test), generator=torch.Generator().manual_seed(PREDICTION_SEED))
+        chosen = test.subset(sorted(order[:count].tolist()))
+        predicted = self.predict(model, chosen.images, runtime)
+        rows, wandb_images = [], []
+        labels = dict(enumerate(self.class_names))
+        for image, truth, guess, name in zip(chosen.images, chosen.targets, predicted, chosen.names):
+            picture = to_pil(image)
+            rows.append([picture, overlay(picture, truth), overlay(picture, guess)])
+            wandb_images.append(
+                tracker.image(
+                    picture,
+                    caption=name,
+                    masks={
+                        "ground_truth": {"mask_data": truth.numpy(), "class_labels": labels},
+                        "prediction": {"mask_data": guess.numpy(), "class_labels": labels},
+                    },
+                )
+            )
+        grid = captioned_grid(rows, ["image", "ground truth", "prediction"], [[n, "", ""] for n in chosen.names])
+        atomic_save_image(grid, run_dir / "predictions.png")
+        if wandb_images and wandb_images[0] is not None:
+            tracker.log({"test/predictions": wandb_images})
