@@ -18,8 +18,14 @@ def main(cfg: DictConfig) -> None:
 
     try:
         run(cfg)
-    except UserError as exc:
-        console.error(str(exc))
+    except Exception as exc:
+        # hydra.utils.instantiate wraps what a constructor raises in an InstantiationException: unwrap it.
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, UserError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        console.error(str(cause))
         sys.exit(2)
 
 

@@ -38,6 +38,8 @@ class Task(Protocol):
 
     def evaluate(self, model: nn.Module, batches: Batches, runtime: "Runtime") -> dict[str, float]: ...
 
+    def finalize(self, model: nn.Module, data: Any, runtime: "Runtime", run_dir: Path, tracker: Tracker) -> dict[str, Any]: ...
+
 
 @dataclass
 class Runtime:

@@ -48,7 +48,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     task = get_class(cfg.task._target_)(cfg)
     data = task.build_data()
-    model = runtime.prepare_model(task.build_model(data))
+    model = runtime.prepare_model(task.build_model())
     params = sum(p.numel() for p in model.parameters())
     resolved = OmegaConf.to_container(cfg, resolve=True)
 
@@ -82,9 +82,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         best = torch.load(run_dir / "checkpoints" / "best.pt", map_location=device, weights_only=False)
         model.load_state_dict(best["model"])
         test_scores = task.evaluate(model, test, runtime)
-        task.pictures(model, data.test, runtime, run_dir, tracker)
+        extra = task.finalize(model, data, runtime, run_dir, tracker)
         summary = {
             **{f"test/{k}": v for k, v in test_scores.items()},
+            **extra,
             "best_epoch": result.best_epoch,
             f"best_val/{task.monitor}": result.best_value,
             "epochs_completed": result.epochs_completed,

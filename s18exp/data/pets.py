@@ -24,6 +24,9 @@ CLASS_SCHEMES = {
     "trimap": (["pet", "background", "border"], {1: 0, 2: 1, 3: 2}),
     "binary": (["background", "pet"], {1: 1, 2: 0, 3: 1}),
 }
+# Class index -> pixel value when a predicted mask is written to a file: the dataset's own trimap coding,
+# and 0 background / 1 pet for the binary scheme.
+MASK_FILE_VALUES = {"trimap": [1, 2, 3], "binary": [0, 1]}
 EXPECTED_LAYOUT = "oxford-iiit-pet/images/*.jpg, oxford-iiit-pet/annotations/trimaps/*.png, annotations/{trainval,test}.txt"
 DOWNLOAD_TIMEOUT_S = 20
 
@@ -58,7 +61,6 @@ class PetsData:
         self.classes = classes
         self.class_names, self._value_to_class = CLASS_SCHEMES[classes]
         self.num_classes = len(self.class_names)
-        self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
         self._cache_dir = cache_dir if cache else None
 
         trainval = self._open("trainval", download)

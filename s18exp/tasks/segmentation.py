@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from s18exp.data import Batches, TensorSplit
+from s18exp.data.pets import CLASS_SCHEMES, IMAGENET_MEAN, IMAGENET_STD
 from s18exp.io import atomic_save_image
 from s18exp.loop import Runtime
 from s18exp.metrics import ConfusionMatrix, segmentation_scores
@@ -30,18 +31,17 @@ class SegmentationTask:
         self.cfg = cfg
         self.criterion: nn.Module = instantiate(cfg.loss.criterion)
         self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.class_names = CLASS_SCHEMES[cfg.data.classes][0] if cfg.data.classes in CLASS_SCHEMES else []
+        self.mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        self.std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
     def build_data(self) -> Any:
-        data = instantiate(self.cfg.data, cache_dir=self.cfg.paths.cache_dir)
-        self.class_names = data.class_names
-        self.mean = torch.tensor(data.mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(data.std).view(1, 3, 1, 1)
-        return data
+        return instantiate(self.cfg.data, cache_dir=self.cfg.paths.cache_dir)
 
-    def build_model(self, data: Any) -> nn.Module:
+    def build_model(self) -> nn.Module:
         return instantiate(
             self.cfg.model,
-            num_classes=data.num_classes,
+            num_classes=len(self.class_names),
             downsample=instantiate(self.cfg.encoder.downsample),
             upsample=instantiate(self.cfg.decoder.upsample),
         )
@@ -98,8 +98,12 @@ class SegmentationTask:
             logits = model(self.normalize(images.to(runtime.device)))
         return logits.argmax(1).cpu()
 
-    def pictures(self, model: nn.Module, test: TensorSplit, runtime: Runtime, run_dir: Path, tracker: Tracker) -> None:
-        """predictions.png: the same 8 test images for every run, as image | ground truth | prediction."""
+    def finalize(self, model: nn.Module, data: Any, runtime: Runtime, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
+        """After testing: predictions.png, the same 8 test images for every run (image | truth | prediction).
+
+        Returns the entries it adds to summary.json (none for this task).
+        """
+        test: TensorSplit = data.test
         count = min(PREDICTION_IMAGES, len(test))
         order = torch.randperm(len(test), generator=torch.Generator().manual_seed(PREDICTION_SEED))
         chosen = test.subset(sorted(order[:count].tolist()))
@@ -123,3 +127,4 @@ class SegmentationTask:
         atomic_save_image(grid, run_dir / "predictions.png")
         if wandb_images and wandb_images[0] is not None:
             tracker.log({"test/predictions": wandb_images})
+        return {}
