@@ -1,0 +1,152 @@
+"""`python -m s18exp.generate ckpt=RUN_DIR/checkpoints/best.pt n=N output=FILE.npz [seed=S] [label=K] [device=cpu] [root=DIR]`
+
+Feeds N test images of the run's dataset to a trained VAE, each with a WRONG label, and writes FILE.npz:
+
+- `inputs`: uint8 (N, H, W, C), the test images as the model saw them;
+- `true_labels`: int64 (N,), their classes;
+- `given_labels`: int64 (N,), never equal to the true label: uniform over the other classes (seeded by
+  `seed`), or all `label=K` (a class index or name; then only test images of other classes are chosen);
+- `outputs`: uint8 (N, H, W, C), the decoder's mean for z = mu, as pixels;
+- `class_names`: str (num_classes,), index -> name.
+
+The N images are a seeded random choice from the whole test split (the run's `data.limit_test` does not
+apply). The model, its config and class names come from the checkpoint; `root=DIR` reads the data from
+another folder than the one the run used.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from s18exp import console
+from s18exp.errors import UserError
+from s18exp.loop import Runtime
+from s18exp.tasks.vae import VAETask, other_labels
+
+USAGE = (
+    "usage: python -m s18exp.generate ckpt=RUN_DIR/checkpoints/best.pt n=N output=FILE.npz "
+    "[seed=S] [label=K] [device=cpu] [root=DIR]"
+)
+REQUIRED = ("ckpt", "n", "output")
+OPTIONAL = {"seed": "0", "label": None, "device": "cpu", "root": None}
+
+
+def parse_args(argv: list[str]) -> dict[str, str | None]:
+    """key=value arguments, as on the main command line."""
+    args: dict[str, str | None] = dict(OPTIONAL)
+    for item in argv:
+        key, sep, value = item.partition("=")
+        if not sep or key not in (*REQUIRED, *OPTIONAL):
+            raise UserError(f"unknown argument {item!r}; {USAGE}")
+        args[key] = value
+    missing = [k + "=" for k in REQUIRED if args.get(k) is None]
+    if missing:
+        raise UserError(f"missing {', '.join(missing)}; {USAGE}")
+    return args
+
+
+def _int(args: dict, key: str) -> int:
+    try:
+        return int(args[key])
+    except ValueError:
+        raise UserError(f"{key}={args[key]!r} must be an integer") from None
+
+
+def load(ckpt: Path, device: torch.device, root: str | None) -> tuple[VAETask, torch.nn.Module]:
+    """The task (config and class names from the checkpoint) and the trained model, in eval mode."""
+    if not ckpt.is_file():
+        raise UserError(f"ckpt={ckpt} does not exist; give RUN_DIR/checkpoints/best.pt of a finished task=vae run")
+    state = torch.load(ckpt, map_location=device, weights_only=False)
+    cfg = OmegaConf.create(state.get("config", {}))
+    if OmegaConf.select(cfg, "task._target_") != f"{VAETask.__module__}.{VAETask.__name__}":
+        raise UserError(f"ckpt={ckpt} is not a task=vae checkpoint; generate needs a VAE")
+    if root is not None:
+        cfg.data.root = root
+    task = VAETask(cfg, class_names=state["class_names"])
+    model = task.build_model()
+    model.load_state_dict(state["model"])
+    return task, model.to(device).eval()
+
+
+def resolve_label(value: str, class_names: list[str]) -> int:
+    """A class index or a class name -> the index, checked against the class range."""
+    if value in class_names and not value.lstrip("-").isdigit():
+        return class_names.index(value)
+    try:
+        label = int(value)
+    except ValueError:
+        raise UserError(f"label={value!r} is neither a class index nor a class name; classes: {class_names}") from None
+    if not 0 <= label < len(class_names):
+        raise UserError(
+            f"label={label} is outside the class range 0..{len(class_names) - 1}; classes: "
+            + ", ".join(f"{i}={name}" for i, name in enumerate(class_names))
+        )
+    return label
+
+
+def generate(task: VAETask, model: torch.nn.Module, test, n: int, seed: int, label: int | None, runtime: Runtime) -> dict[str, np.ndarray]:
+    """The arrays of the npz for `n` seeded test images of the split `test`."""
+    generator = torch.Generator().manual_seed(seed)
+    candidates = torch.arange(len(test)) if label is None else torch.nonzero(test.targets != label).flatten()
+    if n > len(candidates):
+        which = "the test split" if label is None else f"the test images whose class is not {label}"
+        raise UserError(f"n={n} is larger than {which} ({len(candidates)} images); give n={len(candidates)} or less")
+    index = candidates[torch.randperm(len(candidates), generator=generator)[:n]].sort().values
+    images, true = test.images[index], test.targets[index].long()
+    given = other_labels(true, task.num_classes, generator) if label is None else torch.full_like(true, label)
+    outputs = task.outputs(model, images, given, runtime)
+    return {
+        "inputs": images.permute(0, 2, 3, 1).numpy(),
+        "true_labels": true.numpy().astype(np.int64),
+        "given_labels": given.numpy().astype(np.int64),
+        "outputs": outputs.permute(0, 2, 3, 1).numpy(),
+        "class_names": np.array(task.class_names),
+    }
+
+
+def save_npz(arrays: dict[str, np.ndarray], path: Path) -> None:
+    """np.savez through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(sys.argv[1:] if argv is None else argv)
+        n, seed = _int(args, "n"), _int(args, "seed")
+        if n < 1:
+            raise UserError(f"n={n} must be at least 1")
+        output = Path(args["output"])
+        if output.suffix != ".npz":
+            raise UserError(f"output={output} must end in .npz")
+        device = torch.device(args["device"])
+        task, model = load(Path(args["ckpt"]), device, args["root"])
+        label = resolve_label(args["label"], task.class_names) if args["label"] is not None else None
+        # Only the test split is needed: one train and one val item keep the rest of the loading short.
+        test = task.build_data(limit_train=1, limit_val=1, limit_test=None).test
+        runtime = Runtime(device, "fp32", channels_last=False)
+        arrays = generate(task, model, test, n, seed, label, runtime)
+        save_npz(arrays, output)
+    except UserError as exc:
+        console.error(str(exc))
+        return 2
+    console.info(f"wrote {n} wrong-label outputs of {task.cfg.data.name} to {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

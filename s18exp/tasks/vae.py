@@ -1,0 +1,294 @@
+"""The VAE task: a label-conditioned VAE trained on the negative ELBO, then fed test images with WRONG labels.
+
+Metrics, in nats per image over a whole split: `elbo` (the negative ELBO, recon + kl, lower is better;
+`task.beta` weighs the KL in the training loss only), `recon` (-log p(x|z) for one z drawn from q(z|x, y))
+and `kl`. At the end, `finalize` draws the pictures (wrong_labels.png, reconstructions.png, samples.png)
+and scores the wrong-label outputs of the whole test split with the judge classifier.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image, ImageDraw
+from torch import nn
+
+from s18exp.data import Batches, TensorSplit
+from s18exp.errors import UserError, instantiate
+from s18exp.io import atomic_save_image
+from s18exp.distributed import all_reduce_sum
+from s18exp.loop import Runtime, unwrap
+from s18exp.models.judge import classify, judge_for
+from s18exp.models.vae import BernoulliLikelihood, GaussianLikelihood, check_condition, gaussian_kl
+from s18exp.pictures import captioned_grid, font, to_pil
+from s18exp.tracking import Tracker
+
+PICTURE_SEED = 0  # not the run's seed: every run shows the same test images with the same wrong labels
+EVAL_SEED = 0  # the z drawn for the recon term of evaluate(): the same for every epoch and run
+WRONG_LABEL_TILES = 25  # 5 x 5
+WRONG_LABEL_COLUMNS = 5
+SAMPLES_PER_CLASS = 8
+MAX_PICTURE_CLASSES = 20  # rows of samples.png, columns of reconstructions.png
+TILE_PIXELS = 128  # tiles are enlarged (nearest) to about this size, so that captions fit under them
+CAPTION_HEIGHT = 14  # captions in a 10-pixel font: "automobile → airplane" fits under a 128-pixel tile
+FILES = {"wrong_labels": "wrong_labels.png", "reconstructions": "reconstructions.png", "samples": "samples.png"}
+
+
+def likelihood_for(loss: DictConfig) -> nn.Module:
+    """The reconstruction term that `loss=` names; a UserError for losses that are not likelihoods."""
+    if loss.name == "bce":
+        return BernoulliLikelihood()
+    if loss.name == "mse":
+        return GaussianLikelihood(loss.get("sigma", 0.1))
+    raise UserError(
+        f"loss={loss.name} cannot train a VAE; task=vae takes loss=bce (Bernoulli pixels) or loss=mse (Gaussian pixels)"
+    )
+
+
+def other_labels(true: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+    """A label for each entry of `true`, uniform over the num_classes - 1 classes other than the true one."""
+    if num_classes < 2:
+        raise UserError("a wrong label needs at least 2 classes; the dataset has fewer")
+    shift = torch.randint(1, num_classes, true.shape, generator=generator)
+    return (true.long() + shift) % num_classes
+
+
+def spanning_selection(labels: torch.Tensor, count: int, seed: int) -> list[int]:
+    """`count` indices that cycle through the classes present (class 0, 1, ..., then again), each class's
+    images taken in a seeded random order."""
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(labels), generator=generator)
+    by_class = [order[labels[order] == c].tolist() for c in sorted(set(labels.tolist()))]
+    chosen: list[int] = []
+    for round_ in range(max((len(v) for v in by_class), default=0)):
+        for members in by_class:
+            if round_ < len(members) and len(chosen) < count:
+                chosen.append(members[round_])
+    return chosen
+
+
+def arrow() -> str:
+    """"→" where the caption font draws it, else "->" (Pillow's own default font has no arrow glyph)."""
+    text_font = font(CAPTION_HEIGHT - 4)
+    drawn = []
+    for text in ("\u2192", "\ue000"):  # the arrow, and a private-use code point that no font draws
+        picture = Image.new("L", (24, 24))
+        ImageDraw.Draw(picture).text((2, 2), text, font=text_font, fill=255)
+        drawn.append(picture.tobytes())
+    return "\u2192" if drawn[0] != drawn[1] else "->"
+
+
+def to_pixels(mean: torch.Tensor) -> torch.Tensor:
+    """Decoder means in [0, 1] -> uint8 images on the CPU."""
+    return (mean.float() * 255).round().clamp(0, 255).to(torch.uint8).cpu()
+
+
+class VAETask:
+    name = "vae"
+    monitor = "elbo"
+    monitor_mode = "min"
+
+    def __init__(self, cfg: DictConfig, class_names: list[str] | None = None) -> None:
+        self.cfg = cfg
+        self.likelihood = likelihood_for(cfg.loss)
+        check_condition(cfg.model.condition)
+        if not cfg.task.beta >= 0:
+            raise UserError(f"task.beta={cfg.task.beta} must be >= 0; e.g. task.beta=1")
+        data_class = get_class(cfg.data._target_)
+        if not hasattr(data_class, "classes_for"):
+            raise UserError(f"data={cfg.data.name} holds no class labels; task=vae takes data=mnist|cifar10|imagefolder")
+        # Checks an image folder's layout now, before any work, and fixes the class count for build_model.
+        self.class_names = list(class_names) if class_names is not None else data_class.classes_for(cfg.data)
+        if len(self.class_names) < 2:
+            raise UserError(f"data={cfg.data.name} has {len(self.class_names)} class; a wrong label needs at least 2 classes")
+        self.beta = float(cfg.task.beta)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def build_data(self, **overrides: Any) -> Any:
+        data = instantiate(self.cfg.data, cache_dir=self.cfg.paths.cache_dir, **overrides)
+        if list(data.class_names) != self.class_names:
+            raise UserError(f"the data's classes {data.class_names} differ from the model's {self.class_names}")
+        return data
+
+    def build_model(self) -> nn.Module:
+        return instantiate(
+            self.cfg.model,
+            num_classes=self.num_classes,
+            image_size=self.cfg.data.image_size,
+            downsample=instantiate(self.cfg.encoder.downsample),
+            upsample=instantiate(self.cfg.decoder.upsample),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """What identifies this run's combo in summary.json, W&B tags and the report."""
+        return {
+            "task": self.name,
+            "dataset": self.cfg.data.name,
+            "condition": self.cfg.model.condition,
+            "encoder": self.cfg.encoder.name,
+            "decoder": self.cfg.decoder.name,
+            "loss": self.cfg.loss.name,
+            "seed": self.cfg.seed,
+            "combo": self.cfg.combo,
+        }
+
+    @staticmethod
+    def to_input(images: torch.Tensor) -> torch.Tensor:
+        """uint8 images -> floats in [0, 1], channels_last: the encoder's input and the likelihood's target."""
+        return (images.float() / 255).contiguous(memory_format=torch.channels_last)
+
+    def training_loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The beta-weighted negative ELBO, mean over the batch, in nats per image."""
+        x = self.to_input(images)
+        logits, mu, logvar = model(x, labels)
+        return (self.likelihood(logits, x) + self.beta * gaussian_kl(mu, logvar)).mean()
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches: Batches, runtime: Runtime) -> dict[str, float]:
+        """Negative ELBO (beta = 1), reconstruction and KL terms in nats per image over the whole split."""
+        model = unwrap(model)
+        model.eval()
+        sums = torch.zeros(2, dtype=torch.float64, device=runtime.device)
+        generator = torch.Generator(runtime.device).manual_seed(EVAL_SEED)
+        for images, labels in batches:
+            images, labels = runtime.to_device(images, labels)
+            x = self.to_input(images)
+            with runtime.autocast():
+                mu, logvar = model.encode(x, labels)
+                mu, logvar = mu.float(), logvar.float()
+                noise = torch.randn(mu.shape, generator=generator, device=mu.device)
+                logits = model.decode(mu + noise * (0.5 * logvar).exp(), labels)
+            recon, kl = self.likelihood(logits, x), gaussian_kl(mu, logvar)
+            sums += torch.stack([recon.sum(), kl.sum()]).double()
+        recon, kl = (all_reduce_sum(sums, runtime.dist) / max(len(batches.split), 1)).tolist()
+        return {"elbo": recon + kl, "recon": recon, "kl": kl}
+
+    @torch.no_grad()
+    def outputs(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, runtime: Runtime, batch_size: int = 500) -> torch.Tensor:
+        """uint8 images fed with `labels` -> the decoder's mean for z = mu, as uint8 images on the CPU."""
+        model = unwrap(model)
+        model.eval()
+        result = []
+        for start in range(0, len(images), batch_size):
+            x = self.to_input(images[start : start + batch_size].to(runtime.device))
+            y = labels[start : start + batch_size].to(runtime.device)
+            with runtime.autocast():
+                result.append(to_pixels(model.reconstruct(x, y)))
+        return torch.cat(result) if result else images[:0].clone()
+
+    @torch.no_grad()
+    def samples(self, model: nn.Module, classes: list[int], runtime: Runtime, seed: int = PICTURE_SEED) -> torch.Tensor:
+        """SAMPLES_PER_CLASS decoder means per class from z ~ N(0, I); column k uses the same z in every row."""
+        model = unwrap(model)
+        model.eval()
+        z = torch.randn(SAMPLES_PER_CLASS, model.latent_dim, generator=torch.Generator().manual_seed(seed))
+        z = z.repeat(len(classes), 1).to(runtime.device)
+        labels = torch.tensor(classes).repeat_interleave(SAMPLES_PER_CLASS).to(runtime.device)
+        with runtime.autocast():
+            return to_pixels(torch.sigmoid(model.decode(z, labels).float()))
+
+    # ---- pictures and the judge's scores -----------------------------------------------------------------
+
+    def _tile(self, image: torch.Tensor) -> Image.Image:
+        picture = to_pil(image)
+        scale = max(1, round(TILE_PIXELS / max(picture.size)))
+        return picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+
+    def wrong_labels_figure(self, inputs: torch.Tensor, outputs: torch.Tensor, true: torch.Tensor, given: torch.Tensor) -> Image.Image:
+        """Two 5-column grids side by side: the inputs captioned with their true class, and the outputs
+        captioned `<true> → <given>`."""
+        names = self.class_names
+        rows = [list(range(i, min(i + WRONG_LABEL_COLUMNS, len(inputs)))) for i in range(0, len(inputs), WRONG_LABEL_COLUMNS)]
+        blank = Image.new("RGB", self._tile(inputs[0]).size, "white")
+
+        def grid(images: torch.Tensor, caption: Any) -> Image.Image:
+            tiles = [[self._tile(images[i]) for i in row] + [blank] * (WRONG_LABEL_COLUMNS - len(row)) for row in rows]
+            captions = [[caption(i) for i in row] + [""] * (WRONG_LABEL_COLUMNS - len(row)) for row in rows]
+            return captioned_grid(tiles, captions=captions, caption_height=CAPTION_HEIGHT)
+
+        to = arrow()
+        left = grid(inputs, lambda i: names[true[i]])
+        right = grid(outputs, lambda i: f"{names[true[i]]} {to} {names[given[i]]}")
+        return side_by_side(left, right, ["input (true label)", f"output (given a wrong label), captioned true {to} given"])
+
+    def judge_train_split(self, data: Any, limit: int | None) -> TensorSplit:
+        """The judge's training images: the dataset's whole training split (or a seeded `limit` of it), whatever
+        `data.limit_train` the VAE used, so that one judge serves every run of a dataset and size."""
+        if self.cfg.data.limit_train == limit:
+            return data.train
+        return self.build_data(limit_train=limit, limit_val=1, limit_test=1).train
+
+    def finalize(self, model: nn.Module, data: Any, runtime: Runtime, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
+        """wrong_labels.png, reconstructions.png and samples.png; then the judge's scores of the wrong-label
+        outputs of the whole test split. Returns the entries it adds to summary.json."""
+        test: TensorSplit = data.test
+        generator = torch.Generator().manual_seed(PICTURE_SEED)
+        given_all = other_labels(test.targets, self.num_classes, generator)
+
+        chosen = spanning_selection(test.targets, WRONG_LABEL_TILES, PICTURE_SEED)
+        index = torch.as_tensor(chosen, dtype=torch.long)
+        inputs, true, given = test.images[index], test.targets[index], given_all[index]
+        figure = self.wrong_labels_figure(inputs, self.outputs(model, inputs, given, runtime), true, given)
+        atomic_save_image(figure, run_dir / FILES["wrong_labels"])
+
+        shown = chosen[: min(self.num_classes, MAX_PICTURE_CLASSES)]
+        index = torch.as_tensor(shown, dtype=torch.long)
+        recon = self.outputs(model, test.images[index], test.targets[index], runtime)
+        recon_figure = captioned_grid(
+            [[self._tile(test.images[i]) for i in shown], [self._tile(r) for r in recon]],
+            captions=[[self.class_names[test.targets[i]] for i in shown], ["reconstruction"] + [""] * (len(shown) - 1)],
+            caption_height=CAPTION_HEIGHT,
+        )
+        atomic_save_image(recon_figure, run_dir / FILES["reconstructions"])
+
+        classes = list(range(min(self.num_classes, MAX_PICTURE_CLASSES)))
+        drawn = self.samples(model, classes, runtime)
+        sample_figure = captioned_grid(
+            [[self._tile(drawn[r * SAMPLES_PER_CLASS + k]) for k in range(SAMPLES_PER_CLASS)] for r in range(len(classes))],
+            captions=[[self.class_names[c]] + [""] * (SAMPLES_PER_CLASS - 1) for c in classes],
+            caption_height=CAPTION_HEIGHT,
+        )
+        atomic_save_image(sample_figure, run_dir / FILES["samples"])
+
+        settings = OmegaConf.to_container(self.cfg.task.judge, resolve=True)
+        cache_dir = self.cfg.paths.cache_dir if settings.pop("cache", True) else None
+        judge = judge_for(
+            self.judge_train_split(data, settings.pop("limit_train", None)), self.cfg.data.name, self.class_names,
+            settings, runtime, cache_dir, self.cfg.trainer.progress,
+        )
+        judged_real = classify(judge, test.images, runtime)
+        judged_wrong = classify(judge, self.outputs(model, test.images, given_all, runtime), runtime)
+        scores = {
+            "judge/test_acc": float((judged_real == test.targets).double().mean()),
+            "test/label_follow_acc": float((judged_wrong == given_all).double().mean()),
+            "test/input_keep_acc": float((judged_wrong == test.targets).double().mean()),
+        }
+        tracker.log(
+            {
+                **scores,
+                "test/wrong_labels": tracker.image(figure, caption="input | output given a wrong label"),
+                "test/reconstructions": tracker.image(recon_figure),
+                "test/samples": tracker.image(sample_figure, caption="z ~ N(0, I), one row per class"),
+            }
+        )
+        return scores
+
+
+def side_by_side(left: Image.Image, right: Image.Image, titles: list[str], gap: int = 24, title_height: int = 20) -> Image.Image:
+    """Two pictures next to each other on white, each with a title above it."""
+    width = left.width + gap + right.width
+    height = title_height + max(left.height, right.height)
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    text_font = font(12)
+    for x, picture, title in ((0, left, titles[0]), (left.width + gap, right, titles[1])):
+        draw.text((x + 4, 4), title, fill="black", font=text_font)
+        canvas.paste(picture, (x, title_height))
+    return canvas

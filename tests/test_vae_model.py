@@ -1,0 +1,161 @@
+"""The label-conditioned VAE: shapes of every block combination, where the label enters, the ELBO terms."""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from s18exp.blocks import InterpolateUpsample, MaxPoolDownsample, StridedConvDownsample, TransposeUpsample
+from s18exp.errors import UserError
+from s18exp.models.judge import Judge
+from s18exp.models.vae import (
+    CONDITIONS,
+    BernoulliLikelihood,
+    GaussianLikelihood,
+    LabelVAE,
+    gaussian_kl,
+)
+from vae_data import one_thread  # noqa: F401  (fixture)
+
+DOWNSAMPLES = {"maxpool": MaxPoolDownsample, "strided": StridedConvDownsample}
+UPSAMPLES = {"transpose": TransposeUpsample, "upsample": InterpolateUpsample}
+SHAPES = {"mnist": (1, 32), "cifar10": (3, 32)}  # channels, image size
+
+
+def make(condition: str = "both", down: str = "maxpool", up: str = "transpose", channels: int = 1, size: int = 32,
+         depth: int = 2, num_classes: int = 10, latent: int = 6, every_level: bool = True) -> LabelVAE:
+    torch.manual_seed(0)
+    return LabelVAE(num_classes, DOWNSAMPLES[down], UPSAMPLES[up], image_size=size, in_channels=channels,
+                    latent_dim=latent, condition=condition, width=4, depth=depth, embed_dim=5,
+                    label_every_level=every_level)
+
+
+@pytest.mark.parametrize("down,up,condition", list(itertools.product(DOWNSAMPLES, UPSAMPLES, CONDITIONS)))
+def test_shapes_of_every_combination_at_mnist_and_cifar_shapes(down, up, condition, one_thread):
+    for (dataset, (channels, size)), depth, every_level in itertools.product(SHAPES.items(), (2, 3), (True, False)):
+        model = make(condition, down, up, channels, size, depth, every_level=every_level).eval()
+        x, y = torch.rand(3, channels, size, size), torch.tensor([0, 4, 9])
+        logits, mu, logvar = model(x, y)
+        assert logits.shape == (3, channels, size, size), (dataset, depth)
+        assert mu.shape == logvar.shape == (3, 6)
+        assert model.reconstruct(x, y).shape == (3, channels, size, size)
+        assert model.decode(torch.randn(3, 6), y).shape == (3, channels, size, size)
+
+
+def test_blocks_are_the_configured_ones():
+    model = make(down="strided", up="upsample")
+    assert any(isinstance(m, StridedConvDownsample) for m in model.encoder.modules())
+    assert not any(isinstance(m, MaxPoolDownsample) for m in model.encoder.modules())
+    assert any(isinstance(m, InterpolateUpsample) for m in model.decoder.modules())
+    assert not any(isinstance(m, TransposeUpsample) for m in model.decoder.modules())
+
+
+@pytest.mark.parametrize("every_level", [True, False])
+def test_both_a_different_label_changes_the_decoder_output_for_a_fixed_z(every_level):
+    model = make("both", every_level=every_level).eval()
+    z = torch.randn(4, 6).repeat(2, 1)
+    labels = torch.tensor([0, 1, 2, 3, 5, 6, 7, 8])
+    with torch.no_grad():
+        out = model.decode(z, labels)
+        again = model.decode(z, labels)
+    assert torch.equal(out, again)
+    assert (out[:4] - out[4:]).abs().amax(dim=(1, 2, 3)).min() > 1e-4
+    # with the label at every level, each up step gets a bias from it; without, only the input does
+    assert (model.decoder.level_bias is not None) == every_level
+
+
+def test_decoder_condition_the_label_reaches_the_decoder_not_the_encoder():
+    model = make("decoder").eval()
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model.encode(x, torch.tensor([0, 1]))[0], model.encode(x, torch.tensor([5, 7]))[0])
+        z = torch.randn(2, 6)
+        assert not torch.equal(model.decode(z, torch.tensor([0, 1])), model.decode(z, torch.tensor([5, 7])))
+    assert model.encoder.embedding is None
+
+
+def test_encoder_condition_the_decoder_has_no_label_input_at_all():
+    model = make("encoder").eval()
+    assert list(inspect.signature(model.decoder.forward).parameters) == ["z"]
+    assert not any(isinstance(m, nn.Embedding) for m in model.decoder.modules())
+    assert isinstance(model.encoder.embedding, nn.Embedding)
+    x, z = torch.rand(2, 1, 32, 32), torch.randn(2, 6)
+    with torch.no_grad():
+        assert torch.equal(model.decode(z, torch.tensor([0, 1])), model.decode(z, torch.tensor([5, 7])))
+        # the label still acts, through the encoder (multiplied into its features)
+        assert not torch.equal(model.encode(x, torch.tensor([0, 1]))[0], model.encode(x, torch.tensor([5, 7]))[0])
+
+
+def test_unknown_condition_and_bad_image_size_are_user_errors():
+    with pytest.raises(UserError, match="model.condition='sideways'"):
+        make("sideways")
+    with pytest.raises(UserError, match="divisible"):
+        make(size=20, depth=3)
+
+
+def test_gaussian_kl_against_the_closed_form_written_out():
+    torch.manual_seed(1)
+    mu, logvar = torch.randn(3, 4), torch.randn(3, 4)
+    got = gaussian_kl(mu, logvar)
+    for row in range(3):
+        expected = 0.0
+        for m, lv in zip(mu[row].tolist(), logvar[row].tolist()):
+            s1, s2 = math.exp(0.5 * lv), 1.0  # KL(N(m, s1^2) || N(0, s2^2)) per dimension
+            expected += math.log(s2 / s1) + (s1**2 + (m - 0.0) ** 2) / (2 * s2**2) - 0.5
+        assert got[row].item() == pytest.approx(expected, rel=1e-5)
+    reference = torch.distributions.kl_divergence(
+        torch.distributions.Normal(mu, (0.5 * logvar).exp()), torch.distributions.Normal(0.0, 1.0)
+    ).sum(1)
+    torch.testing.assert_close(got, reference)
+    assert torch.allclose(gaussian_kl(torch.zeros(2, 5), torch.zeros(2, 5)), torch.zeros(2))
+
+
+def test_bernoulli_term_is_the_bce_sum_per_image():
+    torch.manual_seed(2)
+    logits, x = torch.randn(2, 1, 3, 3) * 3, torch.rand(2, 1, 3, 3)
+    got = BernoulliLikelihood()(logits, x)
+    for n in range(2):
+        expected = 0.0
+        for l, t in zip(logits[n].flatten().tolist(), x[n].flatten().tolist()):
+            p = 1 / (1 + math.exp(-l))
+            expected -= t * math.log(p) + (1 - t) * math.log(1 - p)
+        assert got[n].item() == pytest.approx(expected, rel=1e-5)
+    # a confident, correct prediction of binary pixels costs almost nothing
+    assert BernoulliLikelihood()(torch.tensor([[[[20.0, -20.0]]]]), torch.tensor([[[[1.0, 0.0]]]])).item() < 1e-6
+
+
+def test_gaussian_term_is_the_negative_log_density_sum():
+    torch.manual_seed(3)
+    logits, x, sigma = torch.randn(2, 3, 2, 2), torch.rand(2, 3, 2, 2), 0.2
+    got = GaussianLikelihood(sigma)(logits, x)
+    for n in range(2):
+        expected = 0.0
+        for l, t in zip(logits[n].flatten().tolist(), x[n].flatten().tolist()):
+            mean = 1 / (1 + math.exp(-l))
+            expected += -math.log(math.exp(-((t - mean) ** 2) / (2 * sigma**2)) / (sigma * math.sqrt(2 * math.pi)))
+        assert got[n].item() == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(UserError, match="loss.sigma"):
+        GaussianLikelihood(0.0)
+
+
+def test_judge_logits_shape():
+    judge = Judge(7, in_channels=3, width=4, depth=3).eval()
+    assert judge(torch.rand(2, 3, 32, 32)).shape == (2, 7)
+
+
+def test_judge_training_blurs_a_random_half_of_each_batch():
+    from s18exp.models.judge import blur_half
+
+    images = torch.rand(64, 3, 16, 16)
+    out = blur_half(images, 2.0, torch.Generator().manual_seed(0))
+    changed = (out - images).abs().amax(dim=(1, 2, 3)) > 1e-6
+    assert 16 < int(changed.sum()) < 48  # about half
+    assert out[changed].std() < images[changed].std()  # blurring smooths
+    assert torch.equal(out[~changed], images[~changed])
+    assert torch.equal(blur_half(images, 0.0, torch.Generator()), images)
+    assert blur_half(torch.rand(2, 1, 4, 4), 2.0, torch.Generator()).shape == (2, 1, 4, 4)  # tiny images work
