@@ -6,6 +6,7 @@ from omegaconf import DictConfig
 
 from s18exp.errors import UserError
 from s18exp.loop import PRECISIONS
+from s18exp.lr_find import validate_settings
 from s18exp.tracking import MODES
 
 
@@ -30,7 +31,9 @@ def validate(cfg: DictConfig) -> None:
     """Raise UserError naming the key, the value and the fix for the first bad value found."""
     _positive(cfg, "trainer.max_epochs")
     _positive(cfg, "trainer.batch_size")
-    _positive(cfg, "trainer.lr", float)
+    if cfg.trainer.lr != "auto":  # auto: the LR range test picks it (s18exp/lr_find.py)
+        _positive(cfg, "trainer.lr", float)
+    validate_settings(cfg)
     _positive(cfg, "trainer.grad_clip", float, allow_none=True)
     _positive(cfg, "data.image_size")
     for split in ("train", "val", "test"):

@@ -21,6 +21,13 @@ from rich.tree import Tree
 log = logging.getLogger("s18exp")
 console = Console(highlight=False, soft_wrap=True)
 PLAIN_LINE_EVERY_S = 30.0
+_quiet = False
+
+
+def set_quiet(quiet: bool) -> None:
+    """Silence the terminal (the log file still gets every line): for ranks other than 0 under torchrun."""
+    global _quiet
+    _quiet = quiet
 
 
 def show_config(cfg: DictConfig) -> None:
@@ -28,7 +35,8 @@ def show_config(cfg: DictConfig) -> None:
     container = OmegaConf.to_container(cfg, resolve=True)
     tree = Tree("[bold]config")
     _add_branches(tree, container)
-    console.print(tree)
+    if not _quiet:
+        console.print(tree)
     log.info("resolved config:\n%s", OmegaConf.to_yaml(container))
 
 
@@ -42,22 +50,26 @@ def _add_branches(tree: Tree, node: Any) -> None:
 
 def info(message: str) -> None:
     """One line on the terminal and in the log file."""
-    console.print(message)
+    if not _quiet:
+        console.print(message)
     log.info(message)
 
 
 def warn(message: str) -> None:
-    console.print(f"[yellow]warning:[/] {message}")
+    if not _quiet:
+        console.print(f"[yellow]warning:[/] {message}")
     log.warning(message)
 
 
 class EpochProgress:
-    """Progress of one epoch: a rich bar on a terminal, else a plain line every PLAIN_LINE_EVERY_S seconds."""
+    """Progress of one epoch: a rich bar on a terminal, else a plain line every PLAIN_LINE_EVERY_S seconds;
+    nothing with style "off"."""
 
     def __init__(self, epoch: int, max_epochs: int, total_items: int, style: str = "auto") -> None:
         self.title = f"epoch {epoch}/{max_epochs}"
         self.total = total_items
         self.bar = style == "bar" or (style == "auto" and console.is_terminal)
+        self.silent = style == "off" or _quiet
         self.done = 0
         self.start = time.perf_counter()
         self.last_line = self.start
@@ -88,7 +100,7 @@ class EpochProgress:
             self.loss = loss
         if self.bar:
             self.progress.update(self.task, advance=items, rate=self.images_per_second(), loss=self.loss)
-        elif time.perf_counter() - self.last_line > PLAIN_LINE_EVERY_S:
+        elif not self.silent and time.perf_counter() - self.last_line > PLAIN_LINE_EVERY_S:
             self.last_line = time.perf_counter()
             info(f"{self.title}  {self.done}/{self.total}  {self.images_per_second():.1f} img/s  loss {self.loss:.4f}")
 
@@ -103,13 +115,15 @@ def format_metrics(metrics: dict[str, Any], keys: list[str]) -> str:
 
 def show_metrics(title: str, metrics: dict[str, float]) -> None:
     """A two-column table of metric name and value."""
+    log.info("%s: %s", title, metrics)
+    if _quiet:
+        return
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
         table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
     console.print(table)
-    log.info("%s: %s", title, metrics)
 
 
 def error(message: str) -> None:

@@ -28,6 +28,10 @@ def overlay(image: Image.Image, mask: torch.Tensor | np.ndarray, alpha: float = 
 
 
 def font(size: int = 12) -> ImageFont.ImageFont:
+    try:  # DejaVu Sans, where installed, has arrows and accents that Pillow's default font lacks
+        return ImageFont.truetype("DejaVuSans.ttf", size)
+    except OSError:
+        pass
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has one fixed-size default font

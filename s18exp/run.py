@@ -1,8 +1,18 @@
-"""One job, from a composed config to a finished run dir: validate, build, fit, test, write, finish W&B."""
+"""One job, from a composed config to a finished run dir: validate, build, fit, test, write, finish W&B.
+
+Resuming (`trainer.resume`): `auto` (the default) continues from `<run dir>/checkpoints/last.pt` when it
+exists, and skips the job when `summary.json` already says it is complete, so rerunning a command or a
+sweep with the same run/sweep dir finishes what was left; `never` starts afresh; a path (a run dir or a
+checkpoint file) continues from that checkpoint. A run that stops early (signal, non-finite loss, any
+error) writes `summary.json` with its `status` and `reason`, and marks its W&B run failed.
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -14,12 +24,18 @@ from hydra.types import RunMode
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from s18exp import console
+from s18exp import console, distributed
 from s18exp.config import validate
 from s18exp.data import Batches
-from s18exp.io import atomic_write_json
-from s18exp.loop import Runtime, fit, resolve_device, resolve_precision
+from s18exp.errors import UserError
+from s18exp.io import atomic_link, atomic_write_json, remove_stale_temporaries
+from s18exp.loop import Runtime, fit, resolve_device, resolve_precision, truncate_metrics, unwrap
+from s18exp.lr_find import AUTO, log_to as log_lr_find, resolve_auto
+from s18exp.stopping import Interrupted, StopRequest
+from s18exp.summary import example_input, totals as model_totals
 from s18exp.tracking import Tracker
+
+SUMMARY = "summary.json"
 
 
 def seed_everything(seed: int) -> None:
@@ -38,28 +54,129 @@ def wandb_group(cfg: DictConfig) -> str:
     return cfg.run_name
 
 
+def set_threads(cfg: DictConfig) -> None:
+    """Torch threads per job: `trainer.num_threads`, or under a launcher running jobs side by side
+    (joblib's `n_jobs`), the machine's cores shared out so that parallel jobs do not oversubscribe them."""
+    threads = cfg.trainer.num_threads
+    if threads == "auto":
+        n_jobs = OmegaConf.select(HydraConfig.get(), "launcher.n_jobs", default=None)
+        if not n_jobs or n_jobs == 1:
+            return
+        cores = os.cpu_count() or 1
+        parallel = cores if n_jobs < 0 else min(n_jobs, cores)
+        threads = max(1, cores // parallel)
+    torch.set_num_threads(int(threads))
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((run_dir / SUMMARY).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def find_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """The checkpoint to continue from, per `trainer.resume`."""
+    mode = str(cfg.trainer.resume)
+    if mode == "never":
+        return None
+    if mode == "auto":
+        last = run_dir / "checkpoints" / "last.pt"
+        return last if last.exists() else None
+    path = Path(mode).expanduser()
+    path = path / "checkpoints" / "last.pt" if path.is_dir() else path
+    if not path.is_file():
+        raise UserError(f"trainer.resume={mode} holds no checkpoint; give a run dir with checkpoints/last.pt or a .pt file")
+    return path
+
+
+def check_resumable(saved: dict[str, Any], cfg: DictConfig, path: Path) -> None:
+    """The step schedule is fixed when training starts: a resume must keep the keys that shape it."""
+    keys = ["trainer.batch_size", "data.limit_train"] + (["trainer.max_epochs"] if cfg.trainer.scheduler is not None else [])
+    for key in keys:
+        before, now = OmegaConf.select(OmegaConf.create(saved), key), OmegaConf.select(cfg, key)
+        if before != now:
+            raise UserError(f"{key}={now} differs from {before} in {path}; resume with {key}={before} or trainer.resume=never")
+
+
+def adopt_history(resume_path: Path, run_dir: Path) -> None:
+    """Resuming from another run's checkpoint: bring its metrics.jsonl and best checkpoint along, so this
+    run dir holds the whole history (best.pt falls back to the resumed checkpoint itself)."""
+    source_dir = resume_path.parent.parent
+    if source_dir.resolve() == run_dir.resolve():
+        return
+    if (source_dir / "metrics.jsonl").exists():
+        shutil.copyfile(source_dir / "metrics.jsonl", run_dir / "metrics.jsonl")
+    best = resume_path.parent / "best.pt"
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    atomic_link(best if best.exists() else resume_path, run_dir / "checkpoints" / "best.pt")
+
+
+def check_writable(run_dir: Path) -> None:
+    probe = run_dir / ".write_test"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write to the run dir {run_dir} ({exc.strerror}); set hydra.run.dir / hydra.sweep.dir to a writable folder") from exc
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and test one configuration; returns what it writes to summary.json."""
     validate(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    dist = distributed.init()
+    console.set_quiet(not dist.is_main)
+    if dist.is_main:
+        check_writable(run_dir)
+        remove_stale_temporaries(run_dir / "checkpoints")
+    previous = read_summary(run_dir)
+    if str(cfg.trainer.resume) == "auto" and previous and previous.get("status") == "complete":
+        console.info(f"{cfg.run_name}: {run_dir / SUMMARY} is complete; skipping (trainer.resume=never to train again)")
+        return previous
+    resume_path = find_resume(cfg, run_dir)
+
+    set_threads(cfg)
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.trainer.device)
-    runtime = Runtime(device, resolve_precision(cfg.trainer.precision, device), cfg.trainer.channels_last)
+    device = resolve_device(cfg.trainer.device, dist)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    runtime = Runtime(device, resolve_precision(cfg.trainer.precision, device), cfg.trainer.channels_last, dist)
 
     task = get_class(cfg.task._target_)(cfg)
     data = task.build_data()
     model = runtime.prepare_model(task.build_model())
-    params = sum(p.numel() for p in model.parameters())
+    sizes = model_totals(model, example_input(cfg, task, model, device))  # params, size, FLOPs per image
+    params = sizes.params
+    resume = torch.load(resume_path, map_location=device, weights_only=False) if resume_path else None
+    lr_auto = cfg.trainer.lr == AUTO
+    lr_curve = resolve_auto(cfg, task, model, data.train, runtime, run_dir, resume)  # sets cfg.trainer.lr
+    lr_pick = {"lr_find/pick": cfg.trainer.lr} if lr_auto else {}
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    if dist.enabled:
+        torch.manual_seed(cfg.seed + dist.rank)  # each rank augments differently; DDP syncs the weights
 
     console.show_config(cfg)
     console.info(
-        f"{cfg.run_name}: {params:,} parameters, {len(data.train)} train / {len(data.val)} val / "
-        f"{len(data.test)} test items, {device} {runtime.precision}, run dir {run_dir}"
+        f"{cfg.run_name}: {sizes.line()}, {len(data.train)} train / {len(data.val)} val / "
+        f"{len(data.test)} test items, {device} {runtime.precision}"
+        + (f", {dist.world_size} ranks" if dist.enabled else "")
+        + f", run dir {run_dir}"
     )
+    if resume is not None:
+        check_resumable(resume["config"], cfg, resume_path)
+        done = resume["train_state"]["epochs_completed"]
+        console.info(f"resuming from {resume_path} after {done} complete epochs")
+        if dist.is_main:
+            adopt_history(resume_path, run_dir)
+            truncate_metrics(run_dir / "metrics.jsonl", done)
+    elif dist.is_main:
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+
     identity = task.describe()
     tracker = Tracker(
-        mode=cfg.wandb.mode,
+        mode=cfg.wandb.mode if dist.is_main else "disabled",
         project=cfg.wandb.project,
         entity=cfg.wandb.entity,
         run_dir=run_dir,
@@ -67,47 +184,72 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         group=wandb_group(cfg),
         job_type=identity["task"],
         tags=[str(v) for k, v in identity.items() if k in ("encoder", "decoder", "loss", "dataset", "condition")],
-        config={**resolved, "params": params, "precision_resolved": runtime.precision},
+        config={**resolved, **sizes.as_config(), **lr_pick, "precision_resolved": runtime.precision},
         init_timeout=cfg.wandb.init_timeout,
+        run_id=resume.get("wandb_id") if resume else None,
     )
+    if lr_curve is not None:
+        log_lr_find(lr_curve, tracker, run_dir)
+    train = Batches(data.train, cfg.trainer.batch_size, shuffle=True, seed=cfg.seed, rank=dist.rank, world_size=dist.world_size)
+    val = Batches(data.val, cfg.trainer.eval_batch_size, rank=dist.rank, world_size=dist.world_size)
+    test = Batches(data.test, cfg.trainer.eval_batch_size, rank=dist.rank, world_size=dist.world_size)
+    start = time.perf_counter()
+    state = None
     try:
-        train = Batches(data.train, cfg.trainer.batch_size, shuffle=True, seed=cfg.seed)
-        val = Batches(data.val, cfg.trainer.eval_batch_size)
-        test = Batches(data.test, cfg.trainer.eval_batch_size)
-        start = time.perf_counter()
-        result = fit(
-            model, task, train, val, cfg.trainer, runtime, run_dir, tracker,
-            checkpoint_extra={"config": resolved, "class_names": data.class_names},
-        )
+        with StopRequest() as stop:
+            state = fit(
+                runtime.wrap(model), task, train, val, cfg.trainer, runtime, run_dir, tracker,
+                checkpoint_extra={"config": resolved, "class_names": task.class_names, "wandb_id": tracker.run_id},
+                resume=resume, stop=stop,
+            )
+        distributed.barrier(dist)
         best = torch.load(run_dir / "checkpoints" / "best.pt", map_location=device, weights_only=False)
         model.load_state_dict(best["model"])
         test_scores = task.evaluate(model, test, runtime)
-        extra = task.finalize(model, data, runtime, run_dir, tracker)
+        extra = task.finalize(model, data, runtime, run_dir, tracker) if dist.is_main else {}
         summary = {
             **{f"test/{k}": v for k, v in test_scores.items()},
             **extra,
-            "best_epoch": result.best_epoch,
-            f"best_val/{task.monitor}": result.best_value,
-            "epochs_completed": result.epochs_completed,
-            "train_seconds": result.train_seconds,
+            "best_epoch": state.best_epoch,
+            f"best_val/{task.monitor}": state.best_value,
+            "epochs_completed": state.epochs_completed,
+            "train_seconds": state.train_seconds,
             "wall_seconds": time.perf_counter() - start,
             "params": params,
+            **lr_pick,
             "precision": runtime.precision,
             "device": str(device),
+            "world_size": dist.world_size,
+            "torch_threads": torch.get_num_threads(),
             "run_name": cfg.run_name,
             **identity,
             "status": "complete",
         }
-        atomic_write_json(summary, run_dir / "summary.json")
-        tracker.summarize(summary)
-        if cfg.wandb.log_checkpoint:
-            tracker.log_artifact(run_dir / "checkpoints" / "best.pt", name=f"{cfg.run_name}-best")
-        console.show_metrics(f"test metrics of {cfg.run_name} (best epoch {result.best_epoch})", summary_metrics(summary))
-    except BaseException:
-        tracker.finish(exit_code=1)
+        if dist.is_main:
+            atomic_write_json(summary, run_dir / SUMMARY)
+            tracker.summarize(summary)
+            if cfg.wandb.log_checkpoint:
+                tracker.log_artifact(run_dir / "checkpoints" / "best.pt", name=f"{cfg.run_name}-best")
+            console.show_metrics(f"test metrics of {cfg.run_name} (best epoch {state.best_epoch})", summary_metrics(summary))
+    except BaseException as exc:
+        status = "interrupted" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "failed"
+        if dist.is_main:
+            done = read_last_state(run_dir)
+            atomic_write_json({**identity, "run_name": cfg.run_name, "status": status, "reason": str(exc) or type(exc).__name__, **done}, run_dir / SUMMARY)
+            tracker.summarize({"status": status, "reason": str(exc)})
+        tracker.finish(exit_code=exc.exit_code if isinstance(exc, Interrupted) else 1)
         raise
     tracker.finish()
     return summary
+
+
+def read_last_state(run_dir: Path) -> dict[str, Any]:
+    """`epochs_completed` and `best_epoch` from last.pt, for the summary of a run that stopped early."""
+    try:
+        state = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["train_state"]
+    except (OSError, KeyError, RuntimeError):
+        return {"epochs_completed": 0}
+    return {"epochs_completed": state["epochs_completed"], "best_epoch": state["best_epoch"]}
 
 
 def summary_metrics(summary: dict[str, Any]) -> dict[str, Any]:

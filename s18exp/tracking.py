@@ -52,6 +52,7 @@ class Tracker:
         tags: list[str],
         config: dict[str, Any],
         init_timeout: float = 30,
+        run_id: str | None = None,
     ) -> None:
         self.run = None
         self.mode = resolve_mode(mode)
@@ -64,6 +65,8 @@ class Tracker:
             project=project, entity=entity, dir=str(run_dir), name=name, group=group,
             job_type=job_type, tags=tags, config=config,
         )
+        if run_id:
+            kwargs.update(id=run_id, resume="allow")
         try:
             self.run = wandb.init(mode=self.mode, settings=self._settings(init_timeout), **kwargs)
         except Exception as exc:
@@ -79,6 +82,11 @@ class Tracker:
                 return
         if self.mode == "offline":
             console.info(f"W&B run saved offline; upload it later with: wandb sync {self.run.dir.rsplit('/files', 1)[0]}")
+
+    @property
+    def run_id(self) -> str | None:
+        """The W&B run's id (kept in checkpoints, so that a resumed job continues the same W&B run)."""
+        return self.run.id if self.run is not None else None
 
     def _settings(self, init_timeout: float) -> Any:
         return self._wandb.Settings(init_timeout=init_timeout, console="off", silent=True)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
+from torch.utils.data import DistributedSampler
 
 
 @dataclass
@@ -30,24 +31,39 @@ class TensorSplit:
 
 
 class Batches:
-    """Iterates a split in batches of (images, targets); reshuffled on every pass when `shuffle`."""
+    """Batches of (images, targets) from one split, for this rank of `world_size`.
+
+    Training order comes from torch's `DistributedSampler` (shuffled by `seed` and the epoch set with
+    `set_epoch`, so epoch e has the same order whether the run was resumed or not, and ranks take
+    disjoint shares). Without `shuffle`, ranks take every world_size-th item, unpadded, so that summed
+    evaluation counts cover each item exactly once.
+    """
 
     def __init__(
-        self, split: TensorSplit, batch_size: int, shuffle: bool = False, seed: int = 0, drop_last: bool = False
+        self, split: TensorSplit, batch_size: int, shuffle: bool = False, seed: int = 0,
+        rank: int = 0, world_size: int = 1,
     ) -> None:
         self.split = split
         self.batch_size = batch_size
         self.shuffle = shuffle
-        self.drop_last = drop_last
-        self.generator = torch.Generator().manual_seed(seed)
+        self.rank, self.world_size = rank, world_size
+        self.sampler = DistributedSampler(range(len(split)), world_size, rank, shuffle=shuffle, seed=seed) if shuffle else None
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+
+    def indices(self) -> torch.Tensor:
+        if self.sampler is not None:
+            return torch.tensor(list(self.sampler), dtype=torch.long)
+        return torch.arange(self.rank, len(self.split), self.world_size)
 
     def __len__(self) -> int:
-        full, rest = divmod(len(self.split), self.batch_size)
-        return full if self.drop_last or rest == 0 else full + 1
+        items = len(self.sampler) if self.sampler is not None else len(range(self.rank, len(self.split), self.world_size))
+        return -(-items // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n = len(self.split)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        for batch in range(len(self)):
-            index = order[batch * self.batch_size : (batch + 1) * self.batch_size]
+        order = self.indices()
+        for start in range(0, len(order), self.batch_size):
+            index = order[start : start + self.batch_size]
             yield self.split.images[index], self.split.targets[index]

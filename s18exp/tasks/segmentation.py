@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
 from s18exp.data import Batches, TensorSplit
+from s18exp.errors import UserError, instantiate
+from s18exp.distributed import all_reduce_sum
 from s18exp.data.pets import CLASS_SCHEMES, IMAGENET_MEAN, IMAGENET_STD
 from s18exp.io import atomic_save_image
 from s18exp.loop import Runtime
@@ -28,10 +29,13 @@ class SegmentationTask:
     monitor_mode = "max"
 
     def __init__(self, cfg: DictConfig) -> None:
+        if cfg.data.name != "pets":
+            raise UserError(f"data={cfg.data.name} has no segmentation masks; task=unet takes data=pets")
         self.cfg = cfg
         self.criterion: nn.Module = instantiate(cfg.loss.criterion)
-        self.generator = torch.Generator().manual_seed(cfg.seed)
-        self.class_names = CLASS_SCHEMES[cfg.data.classes][0] if cfg.data.classes in CLASS_SCHEMES else []
+        if cfg.data.classes not in CLASS_SCHEMES:
+            raise UserError(f"data.classes={cfg.data.classes!r} is unknown; use one of {'|'.join(CLASS_SCHEMES)}")
+        self.class_names = CLASS_SCHEMES[cfg.data.classes][0]
         self.mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
@@ -58,14 +62,17 @@ class SegmentationTask:
         }
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 images -> ImageNet-normalised floats, channels_last."""
+        """uint8 images -> ImageNet-normalised floats, in the images' memory format (NCHW from `Batches`: a
+        channels_last model turns its first convolution's output channels_last; a plain one stays NCHW)."""
         mean, std = self.mean.to(images.device), self.std.to(images.device)
-        x = (images.float() / 255 - mean) / std
-        return x.contiguous(memory_format=torch.channels_last)
+        return (images.float() / 255 - mean) / std
 
     def augment(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """A horizontal flip of half the samples, the same flip for an image and its mask."""
-        flip = torch.rand(len(images), generator=self.generator) < 0.5
+        """A horizontal flip of half the samples, the same flip for an image and its mask.
+
+        Draws from torch's global RNG, which run.py seeds and checkpoints save, so resumed runs repeat it.
+        """
+        flip = torch.rand(len(images)) < 0.5
         flip = flip.to(images.device)
         images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
         masks = torch.where(flip.view(-1, 1, 1), masks.flip(-1), masks)
@@ -87,7 +94,9 @@ class SegmentationTask:
                 logits = model(self.normalize(images))
             loss_sum += self.criterion(logits, masks) * len(images)
             confusion.update(logits.argmax(1), masks)
-        scores = segmentation_scores(confusion.matrix(), self.class_names)
+        counts = all_reduce_sum(confusion.counts, runtime.dist)
+        loss_sum = all_reduce_sum(loss_sum, runtime.dist)
+        scores = segmentation_scores(counts.view(confusion.num_classes, -1).cpu(), self.class_names)
         return {"loss": (loss_sum / len(batches.split)).item(), **scores}
 
     @torch.no_grad()

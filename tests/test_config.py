@@ -1,0 +1,166 @@
+"""The Hydra config tree: every group option composes, experiments pick the right combo, validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, OmegaConf
+
+import s18exp.paths
+from s18exp.config import validate
+from s18exp.errors import UserError
+
+CONFIG_DIR = s18exp.paths.CONFIG_DIR
+# Groups whose options are plain values under the group's own key (not `@package _global_`).
+PACKAGED_GROUPS = ["data", "encoder", "decoder", "loss", "trainer", "wandb", "paths"]
+EXPERIMENTS = {
+    "mp_tr_bce": ("maxpool", "transpose", "bce"),
+    "mp_tr_dice": ("maxpool", "transpose", "dice"),
+    "strconv_tr_bce": ("strided", "transpose", "bce"),
+    "strconv_ups_dice": ("strided", "upsample", "dice"),
+}
+
+
+def compose_config(*overrides: str) -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def test_config_dir_is_the_repository_conf_folder() -> None:
+    assert CONFIG_DIR == Path(__file__).resolve().parents[1] / "conf"
+    assert (CONFIG_DIR / "config.yaml").is_file()
+
+
+def assert_contains(actual: object, expected: object, where: str) -> None:
+    """Every value that `expected` sets is in `actual` (which may hold more keys, e.g. from a base option)."""
+    if isinstance(expected, dict):
+        assert isinstance(actual, dict), where
+        for key, value in expected.items():
+            assert key in actual, f"{where}.{key}"
+            assert_contains(actual[key], value, f"{where}.{key}")
+    else:
+        assert actual == expected, where
+
+
+@pytest.mark.parametrize(
+    ("group", "option"), [(g, o) for g in PACKAGED_GROUPS for o in group_options(g)]
+)
+def test_every_group_option_composes_to_its_file(group: str, option: str) -> None:
+    cfg = compose_config(f"{group}={option}")
+    expected = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / group / f"{option}.yaml"), resolve=False)
+    expected.pop("defaults", None)  # an option may extend another one
+    # Compare unresolved, since some values interpolate other groups or the environment.
+    assert_contains(OmegaConf.to_container(cfg[group], resolve=False), expected, group)
+    if "name" in expected:
+        assert cfg[group].name == option
+
+
+def test_unet_task_is_the_default_and_defines_task_and_model() -> None:
+    assert "unet" in group_options("task")
+    cfg = compose_config()
+    assert cfg == compose_config("task=unet")
+    assert cfg.task._target_ == "s18exp.tasks.segmentation.SegmentationTask"
+    assert cfg.model._target_ == "s18exp.models.unet.UNet"
+
+
+def test_experiment_folder_holds_exactly_the_four_combos() -> None:
+    assert group_options("experiment") == sorted(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("experiment", sorted(EXPERIMENTS))
+def test_experiment_selects_its_encoder_decoder_and_loss(experiment: str) -> None:
+    cfg = compose_config(f"experiment={experiment}")
+    encoder, decoder, loss = EXPERIMENTS[experiment]
+    assert (cfg.encoder.name, cfg.decoder.name, cfg.loss.name) == (encoder, decoder, loss)
+    assert cfg.combo == experiment
+    assert cfg.run_name == f"{experiment}-s{cfg.seed}"
+
+
+def test_default_combo_is_named_from_the_group_tags() -> None:
+    cfg = compose_config("encoder=strided", "decoder=upsample", "loss=bce", "seed=3")
+    assert cfg.combo == "strconv_ups_bce"
+    assert cfg.run_name == "strconv_ups_bce-s3"
+
+
+OVERRIDES = {
+    "trainer.max_epochs": 3,
+    "trainer.batch_size": 5,
+    "trainer.lr": 0.25,
+    "trainer.precision": "fp32",
+    "seed": 7,
+    "data.root": "/some/data",
+    "data.image_size": 48,
+    "data.limit_train": 6,
+    "data.limit_test": 2,
+    "model.width": 8,
+    "model.depth": 3,
+    "wandb.mode": "disabled",
+    "wandb.project": "elsewhere",
+}
+
+
+def test_documented_override_keys_exist_and_take_effect() -> None:
+    default = compose_config()
+    for key in OVERRIDES:
+        assert OmegaConf.select(default, key, default="<missing>") != "<missing>", key
+    cfg = compose_config(*(f"{k}={v}" for k, v in OVERRIDES.items()))
+    for key, value in OVERRIDES.items():
+        assert OmegaConf.select(cfg, key) == value, key
+    assert cfg.trainer.optimizer.lr == 0.25  # interpolated from trainer.lr
+    assert cfg.trainer.scheduler.max_lr == 0.25
+
+
+def test_data_root_follows_s18exp_data(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("S18EXP_DATA", str(tmp_path / "elsewhere"))
+    assert compose_config().data.root == str(tmp_path / "elsewhere")
+
+
+def test_data_root_defaults_to_a_folder_under_home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("S18EXP_DATA", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    root = Path(compose_config().data.root)
+    assert root == tmp_path / ".cache" / "s18exp" / "data"
+    assert compose_config().paths.cache_dir.startswith(str(tmp_path))
+
+
+def test_valid_configs_pass_validation() -> None:
+    validate(compose_config())
+    validate(compose_config("data.image_size=32", "model.depth=2", "trainer.precision=fp32", "wandb.mode=offline"))
+    validate(compose_config("data.image_size=48", "model.depth=4", "trainer.lr=1e-5", "trainer.grad_clip=1.0"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "value"),
+    [
+        (["data.image_size=100", "model.depth=4"], "data.image_size", "100"),
+        (["data.image_size=32", "model.depth=6"], "data.image_size", "32"),
+        (["trainer.max_epochs=0"], "trainer.max_epochs", "0"),
+        (["trainer.batch_size=-1"], "trainer.batch_size", "-1"),
+        (["trainer.lr=0"], "trainer.lr", "0"),
+        (["trainer.precision=fp8"], "trainer.precision", "fp8"),
+        (["wandb.mode=bogus"], "wandb.mode", "bogus"),
+        (["data.limit_train=0"], "data.limit_train", "0"),
+        (["model.width=2.5"], "model.width", "2.5"),
+    ],
+)
+def test_bad_values_raise_user_error_naming_key_and_value(overrides: list[str], key: str, value: str) -> None:
+    cfg = compose_config(*overrides)
+    with pytest.raises(UserError) as info:
+        validate(cfg)
+    message = str(info.value)
+    assert key in message and value in message, message
+    assert "\n" not in message
+
+
+def test_image_size_error_suggests_a_size_that_validates() -> None:
+    with pytest.raises(UserError) as info:
+        validate(compose_config("data.image_size=100", "model.depth=4"))
+    suggested = str(info.value).split("use data.image_size=")[1].split()[0]
+    assert int(suggested) % 16 == 0
+    validate(compose_config(f"data.image_size={suggested}", "model.depth=4"))
