@@ -1,0 +1,72 @@
+"""`python -m s18exp.report SWEEP_DIR [--wandb]`: compare the runs under a folder, side by side.
+
+    python -m s18exp.report SWEEP_DIR                   # report.md, report.html, figures, a table on the terminal
+    python -m s18exp.report SWEEP_DIR --wandb           # also build a W&B Report (saved when logged in)
+    python -m s18exp.report --from-spec SWEEP_DIR/wandb_report.json   # create a W&B Report written earlier offline
+
+Exit codes: 0 done; 1 no run (or no complete run) found; 2 bad arguments; 3 the W&B Report could not be saved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from rich.console import Console
+from rich.markup import escape
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m s18exp.report", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("sweep_dir", nargs="?", help="a folder holding run dirs (searched recursively)")
+    parser.add_argument("--wandb", action="store_true", help="also build a W&B Report (wandb-workspaces)")
+    parser.add_argument("--from-spec", metavar="FILE", help="create the W&B Report from a wandb_report.json and exit")
+    parser.add_argument("--entity", help="W&B entity of the report (default: the runs' wandb.entity, WANDB_ENTITY, or your default)")
+    parser.add_argument("--out", metavar="DIR", help="where to write the report (default: SWEEP_DIR)")
+    parser.add_argument("--wandb-timeout", type=float, default=60.0, metavar="S", help="give up on the W&B server after S seconds")
+    args = parser.parse_args(argv)
+    if bool(args.sweep_dir) == bool(args.from_spec):
+        parser.error("give either SWEEP_DIR or --from-spec FILE")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    from s18exp.report.build import default_console, make_report
+
+    console = default_console()
+    if args.from_spec:
+        return from_spec(args.from_spec, args.entity, args.wandb_timeout, console)
+
+    return make_report(args.sweep_dir, out_dir=args.out, wandb=args.wandb, entity=args.entity, timeout=args.wandb_timeout, console=console)
+
+
+def from_spec(path: str, entity: str | None, timeout: float, console: Console) -> int:
+    from s18exp.report import wandb_report as wb
+    from s18exp.report.build import BAD_INPUT, OK, WANDB_FAILED
+
+    try:
+        spec = wb.load_spec(path)
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]error:[/] {escape(str(exc))}")
+        return BAD_INPUT
+    if entity:
+        spec["entity"] = entity
+    online, why_not = wb.wants_online()
+    if not online:
+        console.print(f"[red]error:[/] {escape(why_not)}; log in first (`wandb login`)")
+        return WANDB_FAILED
+    if spec.get("sync_command"):
+        console.print(f"(when written, these runs were offline; they must be synced first: {escape(spec['sync_command'])})")
+    published = wb.publish(spec, timeout)
+    if published.error:
+        console.print(f"[red]error:[/] {escape(published.error)}")
+        return WANDB_FAILED
+    console.print(f"W&B report: {escape(published.url)}")
+    return OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

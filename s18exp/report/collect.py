@@ -1,0 +1,225 @@
+"""Find run dirs under a folder and read what each run left on disk (never the training code's state).
+
+A run dir is a folder holding `.hydra/config.yaml`, `summary.json` or `metrics.jsonl`; the search does
+not descend into a run dir once found. A run is complete when `summary.json` is a valid JSON object with
+`status: complete` and its task's main test metric; every other run is kept, with the reason it is not.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from s18exp.report.tasks import spec_for
+
+SUMMARY = "summary.json"
+METRICS = "metrics.jsonl"
+HYDRA_DIR = ".hydra"
+CONFIG = f"{HYDRA_DIR}/config.yaml"
+HYDRA = f"{HYDRA_DIR}/hydra.yaml"
+MARKERS = (CONFIG, SUMMARY, METRICS)
+SKIP_DIRS = {"wandb", "checkpoints", "__pycache__"}
+# Where each identity field lives in the config when summary.json lacks it (or is missing).
+CONFIG_KEYS = {
+    "encoder": "encoder.name",
+    "decoder": "decoder.name",
+    "loss": "loss.name",
+    "dataset": "data.name",
+    "condition": "model.condition",
+    "seed": "seed",
+    "combo": "combo",
+    "run_name": "run_name",
+}
+
+
+@dataclass
+class Run:
+    path: Path
+    summary: dict[str, Any] | None
+    metrics: list[dict[str, Any]]
+    config: Any  # an OmegaConf DictConfig, or None when .hydra/config.yaml is missing or unreadable
+    task: str
+    identity: dict[str, Any]
+    problem: str | None = None  # why the run is not complete; None when it is
+    wandb_group: str | None = None
+    wandb_project: str | None = None
+    wandb_entity: str | None = None
+    wandb_runs: list[Path] = field(default_factory=list)  # W&B run folders (offline-run-* or run-*)
+
+    @property
+    def complete(self) -> bool:
+        return self.problem is None
+
+    @property
+    def name(self) -> str:
+        return str(self.identity.get("run_name") or self.path.name)
+
+    def value(self, key: str) -> float:
+        """A numeric summary value, NaN when absent or not a number."""
+        value = (self.summary or {}).get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return math.nan
+        return float(value)
+
+    def unsynced_wandb_runs(self) -> list[Path]:
+        """Offline W&B run folders that `wandb sync` has not marked as synced."""
+        return [d for d in self.wandb_runs if d.name.startswith("offline-run-") and not any(d.glob("*.wandb.synced"))]
+
+
+def natural_key(path: Path) -> list[Any]:
+    """Sort key that puts 2_x before 10_x."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
+
+
+def find_run_dirs(root: Path) -> list[Path]:
+    """Every run dir under `root` (root itself included), in natural order."""
+    found: list[Path] = []
+    for current, dirs, _files in os.walk(root):
+        here = Path(current)
+        if any((here / marker).is_file() for marker in MARKERS):
+            found.append(here)
+            dirs[:] = []
+            continue
+        dirs[:] = [d for d in dirs if d not in SKIP_DIRS and not d.startswith(".")]
+    return sorted(found, key=natural_key)
+
+
+def collect(root: Path) -> list[Run]:
+    """Read every run dir under `root`."""
+    return [read_run(path) for path in find_run_dirs(Path(root))]
+
+
+def read_run(path: Path) -> Run:
+    config, _ = _load_yaml(path / CONFIG)  # optional: the summary alone is enough for the table
+    hydra, _ = _load_yaml(path / HYDRA)
+    summary, problem = _read_summary(path)
+    choices = config_value(hydra, "hydra.runtime.choices") or {}
+    task = str((summary or {}).get("task") or choices.get("task") or "unknown")
+    spec = spec_for(task)
+    identity = {}
+    for key in (*spec.identity, "seed", "combo", "run_name"):
+        value = (summary or {}).get(key)
+        if value is None:
+            value = config_value(config, CONFIG_KEYS.get(key, key))
+        identity[key] = value
+    if problem is None:
+        status = summary.get("status")
+        if status != "complete":
+            problem = f"status {status!r} in summary.json, not 'complete'"
+            if summary.get("reason"):
+                problem += f": {str(summary['reason'])[:200]}"
+            if isinstance(summary.get("epochs_completed"), int):
+                problem += f" (after {summary['epochs_completed']} epochs)"
+        elif spec.required and not isinstance(summary.get(spec.required), (int, float)):
+            problem = f"summary.json has no number for {spec.required}"
+    metrics = _read_metrics(path / METRICS)
+    if problem is not None and "no summary.json" in problem:
+        problem += _progress_note(metrics, config) + _last_error(path)
+    run = Run(path, summary, metrics, config, task, identity, problem)
+    run.wandb_group = _wandb_group(config, hydra, path, identity)
+    run.wandb_project = config_value(config, "wandb.project")
+    run.wandb_entity = config_value(config, "wandb.entity")
+    wandb_dir = path / "wandb"
+    if wandb_dir.is_dir():
+        run.wandb_runs = sorted(d for d in wandb_dir.iterdir() if d.is_dir() and re.match(r"(offline-)?run-", d.name))
+    return run
+
+
+def _read_summary(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    file = path / SUMMARY
+    if not file.is_file():
+        return None, "no summary.json"
+    try:
+        summary = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        return None, f"summary.json is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, f"summary.json could not be read ({exc})"
+    if not isinstance(summary, dict):
+        return None, f"summary.json holds a JSON {type(summary).__name__}, not an object"
+    return summary, None
+
+
+def _read_metrics(file: Path) -> list[dict[str, Any]]:
+    """Epoch records, the last one kept when an epoch appears twice; lines that do not parse (e.g. one
+    half-written by a run that is still going) are skipped."""
+    if not file.is_file():
+        return []
+    by_epoch: dict[int, dict[str, Any]] = {}
+    for line in file.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("epoch"), int):
+            by_epoch[record["epoch"]] = record
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def _progress_note(metrics: list[dict[str, Any]], config: Any) -> str:
+    planned = config_value(config, "trainer.max_epochs")
+    of = f" of {planned}" if planned is not None else ""
+    if metrics:
+        return f" (unfinished or crashed: {len(metrics)}{of} epochs in metrics.jsonl)"
+    return " (unfinished or crashed before its first epoch ended)"
+
+
+def _last_error(path: Path) -> str:
+    """The last ERROR line of the run's Hydra log file, if any."""
+    for log in sorted(path.glob("*.log")):
+        try:
+            errors = [line for line in log.read_text(errors="replace").splitlines() if "[ERROR]" in line]
+        except OSError:
+            continue
+        if errors:
+            message = errors[-1].split(" - ", 1)[-1].strip()
+            return f"; last error in {log.name}: {message[:200]}"
+    return ""
+
+
+def _load_yaml(file: Path) -> tuple[Any, str | None]:
+    if not file.is_file():
+        return None, f"no {file.name}"
+    try:
+        return OmegaConf.load(file), None
+    except Exception as exc:  # a YAML error of any kind: the run is still listed
+        return None, f"{file.name} could not be read ({type(exc).__name__})"
+
+
+def config_value(config: Any, key: str) -> Any:
+    """A value of the config with interpolations resolved, or None when absent or unresolvable."""
+    if config is None:
+        return None
+    try:
+        value = OmegaConf.select(config, key, default=None, throw_on_resolution_failure=False)
+    except Exception:
+        return None
+    if OmegaConf.is_config(value):
+        try:
+            return OmegaConf.to_container(value, resolve=True)
+        except Exception:
+            return OmegaConf.to_container(value, resolve=False)
+    return value
+
+
+def _wandb_group(config: Any, hydra: Any, path: Path, identity: dict[str, Any]) -> str | None:
+    """The group s18exp.run.wandb_group gave the run: explicit, else the sweep dir's name, else the run's name."""
+    explicit = config_value(config, "wandb.group")
+    if explicit:
+        return str(explicit)
+    if config_value(hydra, "hydra.mode") == "MULTIRUN":
+        try:  # the raw text: resolving ${now:...} again would give today's time
+            raw = OmegaConf.to_container(hydra.hydra.sweep, resolve=False).get("dir")
+        except Exception:
+            raw = None
+        if isinstance(raw, str) and "${" not in raw:
+            return Path(raw).name
+        return path.parent.name  # the sweep dir held a ${now:...} that cannot be resolved again; subdir is one level
+    return str(identity.get("run_name")) if identity.get("run_name") else None

@@ -1,0 +1,224 @@
+"""The report's PNG figures: curves per epoch, bars of test scores, and the runs' own pictures side by side.
+
+matplotlib is used through `matplotlib.figure.Figure` (no pyplot, no global state, no display needed).
+Every function returns the path it wrote, or None when the section has nothing to draw.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
+from PIL import Image, ImageDraw, ImageFont
+
+from s18exp.report.table import Cell, Row, Section
+from s18exp.report.writing import atomic_write_bytes
+
+DPI = 100
+PICTURE_HEIGHT = 720  # the side-by-side pictures are scaled to this height (pixels), keeping their aspect
+SAME_PICTURE_MEAN_DIFF = 10.0  # mean absolute difference (0-255 levels) below which two strips are the same
+
+
+def font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has one fixed-size default font
+        return ImageFont.load_default()
+
+
+def _colours(n: int) -> list:
+    cmap = colormaps["tab10"]
+    return [cmap(i % 10) for i in range(n)]
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    """The figure as a 256-colour PNG (a third of the size of matplotlib's RGBA, no visible difference)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight", facecolor="white")
+    buffer.seek(0)
+    with Image.open(buffer) as image:
+        small = image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT)
+    out = io.BytesIO()
+    small.save(out, format="PNG", optimize=True)
+    atomic_write_bytes(out.getvalue(), path)
+    return path
+
+
+def _series(row: Row, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Epochs, and the mean, min and max over the row's seeds of metric `key` at each epoch."""
+    per_epoch: dict[int, list[float]] = {}
+    for run in row.runs:
+        for record in run.metrics:
+            value = record.get(key)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                per_epoch.setdefault(record["epoch"], []).append(float(value))
+    epochs = np.array(sorted(per_epoch))
+    values = [per_epoch[e] for e in epochs]
+    return (
+        epochs,
+        np.array([np.mean(v) for v in values]),
+        np.array([np.min(v) for v in values]),
+        np.array([np.max(v) for v in values]),
+    )
+
+
+def curves(section: Section, path: Path) -> Path | None:
+    """One panel per curve group of the task; one line per combo (mean over seeds) and a min-max band."""
+    panels = section.spec.curve_panels
+    if not section.rows or not any(run.metrics for run in section.complete_runs):
+        return None
+    fig = Figure(figsize=(5.2 * len(panels), 3.8))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    colours = _colours(len(section.rows))
+    for ax, panel in zip(axes, panels):
+        drawn = False
+        for row, colour in zip(section.rows, colours):
+            for curve in panel.curves:
+                epochs, mean, low, high = _series(row, curve.key)
+                if len(epochs) == 0:
+                    continue
+                drawn = True
+                seeds = len(row.runs)
+                label = f"{row.label}, n={seeds}" if curve is panel.curves[0] else None
+                marker = "o" if len(epochs) <= 30 else None  # a run of one epoch is still visible
+                ax.plot(epochs, mean, curve.style, color=colour, label=label, linewidth=1.6, marker=marker, markersize=3)
+                if seeds > 1:
+                    ax.fill_between(epochs, low, high, color=colour, alpha=0.18, linewidth=0)
+        ax.set_title(panel.title, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if panel.log_y and drawn:
+            ax.set_yscale("log")
+        if drawn:
+            handles, labels = ax.get_legend_handles_labels()
+            if len(panel.curves) > 1:  # which line style is which curve
+                handles += [Line2D([], [], color="black", linestyle=c.style) for c in panel.curves]
+                labels += [c.label for c in panel.curves]
+            ax.legend(handles, labels, fontsize=7, loc="best")
+    fig.suptitle(f"{section.spec.title}: mean over seeds, band = min..max", fontsize=10)
+    return _save(fig, path)
+
+
+def bars(section: Section, path: Path) -> Path | None:
+    """Grouped bars: one group per score (e.g. IoU per class), one bar per combo, error bar = std over seeds."""
+    keys = section.spec.bar_keys
+    if not keys or not section.rows:
+        return None
+    fig = Figure(figsize=(max(5.0, 1.6 * len(keys) * max(1, len(section.rows)) / 2), 3.8))
+    ax = fig.subplots()
+    width = 0.8 / len(section.rows)
+    x = np.arange(len(keys))
+    for i, (row, colour) in enumerate(zip(section.rows, _colours(len(section.rows)))):
+        cells = [Cell.of([r.value(k) for r in row.runs]) for k, _ in keys]
+        means = [c.mean if c.n else 0.0 for c in cells]
+        errors = [c.std if c.n > 1 else 0.0 for c in cells]
+        ax.bar(x + (i - (len(section.rows) - 1) / 2) * width, means, width, yerr=errors if any(errors) else None, capsize=3,
+               color=colour, label=f"{row.label}, n={len(row.runs)}")
+    ax.set_xticks(x, [label for _, label in keys])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("test score")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    ax.set_title(f"{section.spec.bars_title} (mean over seeds, error bar = std)", fontsize=10)
+    return _save(fig, path)
+
+
+def pictures(section: Section, path: Path) -> Path | None:
+    """Each combo's own picture (predictions.png / wrong_labels.png) of its lowest seed, side by side, titled.
+
+    When the picture is a grid of equal columns whose leading ones are the same in every run (the UNet's
+    image | ground truth | prediction), those are shown once, followed by the other columns of each combo.
+    """
+    name = section.spec.picture
+    chosen: list[tuple[str, Image.Image]] = []
+    for row in section.rows:
+        for run in row.runs:  # sorted by seed
+            file = run.path / name if name else None
+            if file is not None and file.is_file():
+                try:
+                    image = Image.open(file).convert("RGB")
+                except OSError:
+                    continue
+                scores = "  ".join(
+                    f"{short} {run.value(key):.3f}" for key, short in section.spec.picture_scores if not math.isnan(run.value(key))
+                )
+                chosen.append((f"{row.label} (seed {run.identity.get('seed')})\n{scores}", image))
+                break
+    if not chosen:
+        return None
+    panels = _split_columns(chosen, section.spec.picture_columns, section.spec.picture_shared) or chosen
+    canvas = _side_by_side(panels)
+    buffer = io.BytesIO()  # 256 colours, dithered: a third of the size, the same to the eye
+    canvas.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG).save(buffer, format="PNG", optimize=True)
+    atomic_write_bytes(buffer.getvalue(), path)
+    return path
+
+
+def _columns(image: Image.Image, count: int) -> list[Image.Image] | None:
+    """The `count` equal columns of a grid drawn with the same padding left, between and right, or None."""
+    width, height = image.size
+    for pad in range(0, 17):
+        if (width - pad) % count == 0 and (width - pad) // count > pad:
+            step = (width - pad) // count
+            return [image.crop((c * step, 0, (c + 1) * step + pad, height)) for c in range(count)]
+    return None
+
+
+def _split_columns(chosen: list[tuple[str, Image.Image]], count: int, shared: int) -> list[tuple[str, Image.Image]] | None:
+    """Panels: a shared strip (shown again only where it changes, e.g. another dataset), then each run's own."""
+    if count < 2 or not 0 < shared < count:
+        return None
+    split = [(title, _columns(image, count)) for title, image in chosen]
+    if any(columns is None for _, columns in split):
+        return None
+    panels: list[tuple[str, Image.Image]] = []
+    last: Image.Image | None = None
+    for title, columns in split:
+        strip = _hstack(columns[:shared])
+        if last is None or not _same_picture(strip, last):
+            panels.append(("the same test images\nfor the runs to the right", strip))
+            last = strip
+        panels.append((title, _hstack(columns[shared:])))
+    return panels
+
+
+def _same_picture(a: Image.Image, b: Image.Image) -> bool:
+    """Same size and nearly the same pixels: captions drawn in another font (an older run) still count as
+    the same test images; different photos differ by tens of levels on average."""
+    if a.size != b.size:
+        return False
+    diff = np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16))
+    return float(diff.mean()) < SAME_PICTURE_MEAN_DIFF
+
+
+def _hstack(images: list[Image.Image]) -> Image.Image:
+    canvas = Image.new("RGB", (sum(i.width for i in images), max(i.height for i in images)), "white")
+    x = 0
+    for image in images:
+        canvas.paste(image, (x, 0))
+        x += image.width
+    return canvas
+
+
+def _side_by_side(panels: list[tuple[str, Image.Image]]) -> Image.Image:
+    height = min(PICTURE_HEIGHT, max(image.height for _, image in panels))
+    scaled = [(t, i.resize((max(1, round(i.width * height / i.height)), height), Image.LANCZOS)) for t, i in panels]
+    pad, title_h = 8, 36
+    text_font = font(12)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    slots = [max(image.width, measure.multiline_textbbox((0, 0), title, font=text_font, spacing=2)[2]) for title, image in scaled]
+    canvas = Image.new("RGB", (sum(slots) + pad * (len(slots) + 1), title_h + height + 2 * pad), "white")
+    draw = ImageDraw.Draw(canvas)
+    x = pad
+    for (title, image), slot in zip(scaled, slots):
+        draw.multiline_text((x, pad // 2), title, fill="black", font=text_font, spacing=2)
+        canvas.paste(image, (x + (slot - image.width) // 2, title_h + pad))
+        x += slot + pad
+    return canvas
