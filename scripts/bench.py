@@ -1,8 +1,11 @@
 """`python scripts/bench.py [--quick] [--json FILE]`: how fast the defaults are, against a plain baseline, in one process.
 
 Every comparison runs in this one process, its two sides alternating window by window (fast, plain, fast,
-plain, ...) after warm-up, and each figure is the median over the windows, so that a machine shared with other
-work slows both sides alike. On a GPU each timed window is bracketed by `torch.cuda.synchronize()`.
+plain, ...) after warm-up; images/s are medians over the windows, and a speed-up is the median over rounds of
+the ratio of the two windows of a round, so that a machine shared with other work slows both sides alike. The
+load average is recorded at the start, after each section and at the end: compare only quiet runs (load about
+the number of threads the benchmark itself uses). On a GPU each timed window is bracketed by
+`torch.cuda.synchronize()` and the matmul peak is the GPU's (fp32 without TF32).
 
 What it measures (the README's "Performance" section shows a run):
 - matmul peak: 2048 x 2048 x 2048 matmuls in bf16 and fp32, GFLOP/s, the yardstick of the fractions below;
@@ -78,12 +81,20 @@ console = Console(width=None if sys.stdout.isatty() else 150)
 
 
 @contextlib.contextmanager
-def section(result: dict[str, Any], name: str):
-    """Print what runs, and record its seconds and the load average after it in result["sections"]."""
+def section(result: dict[str, Any], name: str, save: Path | None):
+    """Print what runs, record its seconds and the load average after it in result["sections"], and write the
+    figures so far to `save` (a failure later loses nothing)."""
     console.print(f"[dim]{name} ...[/]")
     start = time.perf_counter()
     yield
     result.setdefault("sections", {})[name] = {"seconds": round(time.perf_counter() - start, 1), "load_after": load_average()}
+    if save is not None:
+        write_json(result, save)
+
+
+def write_json(result: dict[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
 
 
 def sync(device: torch.device) -> None:
@@ -438,8 +449,9 @@ def run_cli(args: list[str], work: Path) -> dict[str, Any]:
         proc = subprocess.Popen(command, cwd=work, stdout=out, stderr=err, env={**os.environ, "WANDB_SILENT": "true"})
         while proc.poll() is None:
             with contextlib.suppress(OSError, ValueError, IndexError):
-                status = Path(f"/proc/{proc.pid}/status").read_text()
-                peak_kb = max(peak_kb, int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]))
+                for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                    if line.startswith("VmHWM:"):  # absent once the child is a zombie
+                        peak_kb = max(peak_kb, int(line.split()[1]))
             time.sleep(0.2)
     seconds = time.perf_counter() - start
     code = proc.returncode
@@ -596,30 +608,30 @@ def main() -> None:
         torch.cuda.set_device(device)
     result: dict[str, Any] = {"machine": machine, "quick": args.quick, "windows": windows, "min_window_s": args.min_window}
 
-    with section(result, "matmul peaks"):
+    with section(result, "matmul peaks", args.json):
         result["matmul_peak_gflops"] = matmul_peaks(device, windows, min(args.min_window, 0.5))
     combos = ("mp_tr_bce",) if args.quick else COMBOS
     widths = (32,) if args.quick else WIDTHS
     result["unet"] = []
     for width in widths:
         for combo in combos:
-            with section(result, f"UNet {combo} width {width}"):
+            with section(result, f"UNet {combo} width {width}", args.json):
                 result["unet"].append(bench_unet(combo, width, device, result["matmul_peak_gflops"], windows, args.min_window))
     if not args.quick and not args.no_compile:
-        with section(result, "torch.compile"):
+        with section(result, "torch.compile", args.json):
             result["compile"] = bench_compile(device, max(3, windows - 2), args.min_window)
     result["vae"] = []
     for dataset in VAE_SHAPES:
-        with section(result, f"VAE {dataset}"):
+        with section(result, f"VAE {dataset}", args.json):
             result["vae"].append(bench_vae(dataset, device, windows, args.min_window))
     real = args.data_root if (args.data_root / "oxford-iiit-pet").is_dir() else None
-    with section(result, "data pipeline"):
+    with section(result, "data pipeline", args.json):
         result["data"] = bench_data(real, device, args.quick, windows, naive_items=48 if args.quick else None)
     if not args.quick and not args.no_end_to_end:
         if real is None:
             console.print(f"[yellow]no pets subset under {args.data_root}: the end-to-end runs are skipped[/]")
         else:
-            with section(result, "end to end: 2 x 3 epochs through python -m s18exp"):
+            with section(result, "end to end: 2 x 3 epochs through python -m s18exp", args.json):
                 result["end_to_end"] = bench_end_to_end(real, args.threads)
     result["goals"] = goals(result)
     result["peak_rss_mb"] = peak_rss_mb()
@@ -629,8 +641,7 @@ def main() -> None:
     result["seconds"] = time.perf_counter() - start
     show(result)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
+        write_json(result, args.json)
         console.print(f"wrote {args.json}")
 
 
