@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from s18exp.paths import CONFIG_DIR
+from conftest import cli_env
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CLASSES = ("bars", "disc", "pillar")  # alphabetical = ImageFolder's class order
@@ -114,24 +115,6 @@ def tiny_overrides(data_root: Path, work: Path) -> list[str]:
         "wandb.mode=offline",
         f"paths.cache_dir={work / 'cache'}",
     ]
-
-
-def cli_env(home: Path) -> dict[str, str]:
-    """Environment of a CLI subprocess: quiet offline W&B keeping its files under `home`, never online."""
-    env = dict(os.environ)
-    for key in ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_MODE", "S18EXP_DATA"):
-        env.pop(key, None)
-    env.update(
-        WANDB_SILENT="true",
-        WANDB_MODE="offline",
-        WANDB_CONFIG_DIR=str(home / "config"),
-        WANDB_CACHE_DIR=str(home / "cache"),
-        WANDB_DATA_DIR=str(home / "data"),
-        WANDB_DISABLE_GIT="true",
-        PYTHONUNBUFFERED="1",
-        OMP_NUM_THREADS="1",
-    )
-    return env
 
 
 def run_cli(module: str, args: list[str], home: Path, timeout: float = 300) -> subprocess.CompletedProcess:
