@@ -89,7 +89,8 @@ class Task(Protocol):
     monitor: str  # key of the evaluation dict that picks the best epoch
     monitor_mode: str  # "max" or "min"
 
-    def training_loss(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor: ...
+    def training_loss(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, progress: float = 1.0) -> torch.Tensor:
+        """The batch loss; `progress` is the share of training done, 0 at the first step (for schedules)."""
 
     def evaluate(self, model: nn.Module, batches: Batches, runtime: Runtime) -> dict[str, float]: ...
 
@@ -298,8 +299,9 @@ def fit(
                 if step < skip:
                     continue
                 images, targets = runtime.to_device(images, targets)
+                share_done = ((epoch - 1) * len(train) + step) / (trainer.max_epochs * len(train))
                 with runtime.autocast():
-                    loss = task.training_loss(step_model, images, targets)
+                    loss = task.training_loss(step_model, images, targets, share_done)
                 if check_each_step:
                     nonfinite = (~torch.isfinite(loss.detach())).cpu()
                     flags = any_rank(torch.stack([nonfinite, torch.tensor(stop.signum is not None)]), dist)

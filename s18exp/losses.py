@@ -44,3 +44,21 @@ class SoftDiceLoss(nn.Module):
         total = probs.sum(dims) + truth.sum(dims)
         dice = (2 * intersection + self.smooth) / (total + self.smooth)
         return 1 - dice.mean()
+
+
+class DiceCELoss(nn.Module):
+    """Soft Dice plus cross-entropy, both on the same raw logits: `dice_weight * dice + ce_weight * ce`.
+
+    Cross-entropy takes the logits themselves (its log-softmax is inside `F.cross_entropy`); Dice takes their
+    softmax. Dice alone optimises the overlap of each class, the thin border included, but gives weak gradients
+    to pixels already on the right side; cross-entropy keeps every pixel's gradient alive.
+    """
+
+    def __init__(self, dice_weight: float = 1.0, ce_weight: float = 1.0, smooth: float = 1.0) -> None:
+        super().__init__()
+        self.dice = SoftDiceLoss(smooth)
+        self.dice_weight, self.ce_weight = dice_weight, ce_weight
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        ce = F.cross_entropy(logits.float(), target.long())
+        return self.dice_weight * self.dice(logits, target) + self.ce_weight * ce

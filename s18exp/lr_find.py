@@ -32,7 +32,7 @@ The pick (`trainer.lr_find.rule`):
 - `steepest`: the lr where the smoothed loss falls fastest per decade of lr (the most negative
   d loss / d log10 lr), searched after the first tenth of the curve (the moving average holds few losses there)
   and before the minimum. It needs no upturn of the curve, and it is torch-lr-finder's suggestion, which the
-  seed assignment used; but where the loss falls along a straight line in log(lr), as a UNet's often does over
+  ERA V1 Session 18 assignment's solutions used; but where the loss falls along a straight line in log(lr), as a UNet's often does over
   two or three decades, the steepest point anywhere on that line is a matter of noise (measured on the pets
   data: 1e-4 where min_div10 says 6e-4).
 

@@ -205,7 +205,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         distributed.barrier(dist)
         best = torch.load(run_dir / "checkpoints" / "best.pt", map_location=device, weights_only=False)
         model.load_state_dict(best["model"])
-        test_scores = task.evaluate(model, test, runtime)
+        test_scores = score_test(task, model, test, runtime)
         extra = task.finalize(model, data, runtime, run_dir, tracker) if dist.is_main else {}
         summary = {
             **{f"test/{k}": v for k, v in test_scores.items()},
@@ -241,6 +241,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise
     tracker.finish()
     return summary
+
+
+def score_test(task: Any, model: torch.nn.Module, test: Batches, runtime: Runtime) -> dict[str, float]:
+    """The test scores: the task's own `test` where it has one (the UNet scores at each image's original
+    resolution), else the `evaluate` that validation uses."""
+    return getattr(task, "test", task.evaluate)(model, test, runtime)
 
 
 def read_last_state(run_dir: Path) -> dict[str, Any]:

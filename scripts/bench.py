@@ -13,13 +13,15 @@ What it measures (the README's "Performance" section shows a run):
   settings (the defaults: `trainer.precision=auto` -> bf16 where supported, `trainer.channels_last=true`)
   against a plain fp32, NCHW, eager step of the SAME model (same config, same init). Models are built by the
   project's own path (Hydra compose of conf/, the task's `build_model`, `Runtime.prepare_model`) and a step is
-  what `loop.fit` does: `Runtime.to_device`, the task's `training_loss` under `Runtime.autocast`, the deferred
-  non-finite check and `loop.optimizer_step` (AdamW + OneCycle from `trainer.optimizer`/`trainer.scheduler`).
+  what `loop.fit` does: `Runtime.to_device`, the task's `training_loss` (with its default `augment=strong`)
+  under `Runtime.autocast`, the deferred non-finite check and `loop.optimizer_step` (AdamW + OneCycle from
+  `trainer.optimizer`/`trainer.scheduler`).
   FLOPs per image are counted with `torch.utils.flop_counter.FlopCounterMode` over the forward and backward
   of one step; achieved GFLOP/s = FLOPs x images/s, and its fraction of the measured matmul peak;
 - torch.compile (not in --quick): compile time and steady-state step of the default combo at width 32;
-- data: images/s of the cached tensor pipeline (`Batches` over the decoded uint8 split, then the on-device
-  flip and normalisation of the task) against a naive Dataset that decodes and resizes each item with PIL,
+- data: images/s of the cached tensor pipeline (`Batches` over the decoded uint8 split, then the task's
+  on-device augmentation, the default `augment=strong` and the flip-only `augment=flip`, and its normalisation)
+  against a naive Dataset that decodes and resizes each item with PIL,
   on the real pets subset (`--data-root`, default ../shared/data) or, when absent, on JPEGs written to a
   temporary folder; the one-time decode that fills the cache, and the cached load; the loader-vs-step ratio;
 - VAE train step, images/s, on MNIST (1x32x32) and CIFAR-10 (3x32x32) shapes, fast against plain;
@@ -29,7 +31,7 @@ What it measures (the README's "Performance" section shows a run):
   (the fast path must give the same results within noise);
 - peak resident memory of this process and of each end-to-end run.
 
-The goals of issue 5 (fast step >= 3.5x plain; >= 65% of the bf16 matmul peak; loader >= 5x the step; an epoch
+The performance goals (fast step >= 3.5x plain; >= 65% of the bf16 matmul peak; loader >= 5x the step; an epoch
 over 3,680 images at 128 px, width 32, under 2 minutes) are reported, not asserted.
 """
 
@@ -403,11 +405,14 @@ def bench_data(data_root: Path | None, device: torch.device, quick: bool, window
         runtime = Runtime(device, resolve_precision(cfg.trainer.precision, device), bool(cfg.trainer.channels_last))
         batches = Batches(data.train, BATCH, shuffle=True, seed=0)
 
-        def cached_epoch() -> None:  # what the loop does before the model: batch, device, flip, normalise
-            for images, masks in batches:
-                images, masks = runtime.to_device(images, masks)
-                images, masks = task.augment(images, masks)
-                task.normalize(images)
+        def cached_epoch(augment: Callable) -> Callable[[], None]:
+            def run() -> None:  # what the loop does before the model: batch, device, augment, normalise
+                for images, masks in batches:
+                    images, masks = runtime.to_device(images, masks)
+                    images, masks = augment(images, masks)
+                    task.normalize(images)
+
+            return run
 
         names = data.train.names[:naive_items]
         pairs = [(data_root / "oxford-iiit-pet" / "images" / f"{n}.jpg", data_root / "oxford-iiit-pet" / "annotations" / "trimaps" / f"{n}.png") for n in names]
@@ -422,12 +427,13 @@ def bench_data(data_root: Path | None, device: torch.device, quick: bool, window
 
             return run
 
-        sides = {"cached": cached_epoch, "naive_pil_0_workers": naive_epoch(0)}
+        flip_only = instantiate(config("augment=flip").augment)
+        sides = {"cached": cached_epoch(task.augmenter), "cached_flip": cached_epoch(flip_only), "naive_pil_0_workers": naive_epoch(0)}
         if not quick and (os.cpu_count() or 1) > 1:
             sides["naive_pil_2_workers"] = naive_epoch(2)
         result = compare(sides, device, windows, 0.5)
         for name, r in result.items():
-            n = len(data.train) if name == "cached" else len(naive)
+            n = len(data.train) if name.startswith("cached") else len(naive)
             out[name] = {"images_per_s": n / r["median_s"], "pass_s": r["median_s"], "images": n}
         out["cached_vs_naive"] = out["cached"]["images_per_s"] / out["naive_pil_0_workers"]["images_per_s"]
     finally:
@@ -528,7 +534,8 @@ def show(result: dict[str, Any]) -> None:
     table = Table(title=f"data pipeline, {IMAGE_SIZE} px, batch {BATCH}, train split of the {d['source']}")
     table.add_column("pipeline")
     table.add_column("images/s", justify="right")
-    table.add_row("cached uint8 tensors: Batches + to_device + flip + normalise (the project)", fmt(d["cached"]["images_per_s"], 0))
+    table.add_row("cached uint8 tensors: Batches + to_device + strong augmentation + normalise (the project, augment=strong)", fmt(d["cached"]["images_per_s"], 0))
+    table.add_row("cached uint8 tensors: Batches + to_device + flip + normalise (augment=flip)", fmt(d["cached_flip"]["images_per_s"], 0))
     table.add_row("naive Dataset: PIL decode + resize per item, DataLoader 0 workers", fmt(d["naive_pil_0_workers"]["images_per_s"], 0))
     if "naive_pil_2_workers" in d:
         table.add_row("naive Dataset: PIL decode + resize per item, DataLoader 2 workers", fmt(d["naive_pil_2_workers"]["images_per_s"], 0))
@@ -550,7 +557,7 @@ def show(result: dict[str, Any]) -> None:
             )
         console.print(table)
 
-    table = Table(title="goals of issue 5 on this machine (reported, not asserted)")
+    table = Table(title="performance goals on this machine (reported, not asserted)")
     for col in ("goal", "target", "measured", "met"):
         table.add_column(col)
     for g in result["goals"]:

@@ -30,7 +30,7 @@ EPOCHS = 2
 METRIC_KEYS = {"epoch", "train/loss", "val/loss", "val/miou", "val/dice", "val/pixel_acc", "lr", "epoch_seconds"}
 SUMMARY_KEYS = {
     "test/miou", "test/dice", "test/pixel_acc", "test/iou_pet", "test/iou_background", "test/iou_border",
-    "best_epoch", "epochs_completed", "train_seconds", "params", "encoder", "decoder", "loss", "seed",
+    "best_epoch", "epochs_completed", "train_seconds", "params", "encoder", "decoder", "loss", "seed", "test_scoring",
 }
 CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "epoch", "config"}
 EXPERIMENTS = ["mp_tr_bce", "mp_tr_dice", "strconv_tr_bce", "strconv_ups_dice"]
@@ -111,8 +111,9 @@ def test_metrics_jsonl_has_one_line_per_epoch(finished_run: Path) -> None:
 def test_summary_json(finished_run: Path) -> None:
     summary = json.loads((finished_run / "summary.json").read_text())
     assert SUMMARY_KEYS <= summary.keys()
-    assert (summary["encoder"], summary["decoder"], summary["loss"], summary["seed"]) == ("maxpool", "transpose", "bce", 0)
+    assert (summary["encoder"], summary["decoder"], summary["loss"], summary["seed"]) == ("maxpool", "transpose", "dice_ce", 0)
     assert summary["params"] == tiny_unet_params()
+    assert summary["test_scoring"].startswith("original resolution, tta=flip")
     assert summary["epochs_completed"] == EPOCHS
     assert 0.0 <= summary["test/pixel_acc"] <= 1.0
     ious = [summary[f"test/iou_{c}"] for c in ("pet", "background", "border")]
@@ -154,10 +155,10 @@ def test_log_file_gets_the_console_lines(finished_run: Path) -> None:
 def test_offline_wandb_run_records_config_and_history(finished_run: Path) -> None:
     run = offline_run(finished_run)
     summary = json.loads((finished_run / "summary.json").read_text())
-    assert run.name == "mp_tr_bce-s0"
-    assert run.group == "mp_tr_bce-s0"  # a single run is its own group
+    assert run.name == "mp_tr_dicece-s0"
+    assert run.group == "mp_tr_dicece-s0"  # a single run is its own group
     assert run.project == "s18exp"
-    assert run.config["seed"] == 0 and run.config["run_name"] == "mp_tr_bce-s0"
+    assert run.config["seed"] == 0 and run.config["run_name"] == "mp_tr_dicece-s0"
     assert run.config["params"] == summary["params"]
     epochs = [row for row in run.history if "epoch" in row]
     lines = read_jsonl(finished_run / "metrics.jsonl")

@@ -14,7 +14,7 @@ from s18exp.errors import UserError
 
 CONFIG_DIR = s18exp.paths.CONFIG_DIR
 # Groups whose options are plain values under the group's own key (not `@package _global_`).
-PACKAGED_GROUPS = ["data", "encoder", "decoder", "loss", "trainer", "wandb", "paths"]
+PACKAGED_GROUPS = ["data", "encoder", "decoder", "loss", "trainer", "wandb", "paths", "augment"]
 EXPERIMENTS = {
     "mp_tr_bce": ("maxpool", "transpose", "bce"),
     "mp_tr_dice": ("maxpool", "transpose", "dice"),
@@ -102,6 +102,9 @@ OVERRIDES = {
     "model.depth": 3,
     "wandb.mode": "disabled",
     "wandb.project": "elsewhere",
+    "augment.scale_min": 0.5,
+    "augment.rotate_degrees": 15,
+    "eval.tta": "none",
 }
 
 

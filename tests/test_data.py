@@ -14,7 +14,7 @@ from PIL import Image
 
 import s18exp.data.pets as pets_module
 from s18exp.data import Batches, TensorSplit
-from s18exp.data.pets import PetsData
+from s18exp.data.pets import PetsData, breed_of, stratified_subset
 from s18exp.errors import UserError
 
 SIZE = 32
@@ -175,13 +175,79 @@ def test_split_is_reproducible_and_ignores_the_global_seed(tiny_pets: TinyPets) 
     assert other.val.names != first.val.names  # the split does depend on its own seed
 
 
-def test_limits_take_the_first_items(pets: PetsData, tiny_pets: TinyPets) -> None:
-    data = load(tiny_pets.root, limit_train=3, limit_val=1, limit_test=2)
-    for split, n in (("train", 3), ("val", 1), ("test", 2)):
+def breed_counts(names: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for name in names:
+        breed = name.rsplit("_", 1)[0]
+        counts[breed] = counts.get(breed, 0) + 1
+    return counts
+
+
+def test_limits_take_equal_shares_of_each_breed(pets: PetsData, tiny_pets: TinyPets) -> None:
+    """The split lists are sorted by breed: the first 6 items would all be Abyssinians."""
+    data = load(tiny_pets.root, limit_train=6, limit_val=1, limit_test=4)
+    assert breed_counts(data.train.names) == {"Abyssinian": 3, "beagle": 3}
+    assert breed_counts(data.test.names) == {"Abyssinian": 2, "beagle": 2}
+    assert len(data.val) == 1
+    for split in ("train", "val", "test"):
         limited, full = splits(data)[split], splits(pets)[split]
-        assert limited.names == full.names[:n]
-        assert torch.equal(limited.images, full.images[:n])
-        assert torch.equal(limited.targets, full.targets[:n])
+        positions = [full.names.index(n) for n in limited.names]
+        assert positions == sorted(positions)  # a subset in the split's own order
+        assert torch.equal(limited.images, full.images[positions])
+        assert torch.equal(limited.targets, full.targets[positions])
+    odd = load(tiny_pets.root, limit_train=5)
+    assert sorted(breed_counts(odd.train.names).values()) == [2, 3]
+
+
+def test_limits_are_seeded_by_split_seed_only(tiny_pets: TinyPets) -> None:
+    torch.manual_seed(1)
+    first = load(tiny_pets.root, limit_train=6, limit_test=2)
+    torch.manual_seed(2)
+    again = load(tiny_pets.root, limit_train=6, limit_test=2)
+    assert (first.train.names, first.test.names) == (again.train.names, again.test.names)
+    picks = {tuple(load(tiny_pets.root, limit_train=6, split_seed=seed).train.names) for seed in range(4)}
+    assert len(picks) > 1
+
+
+def test_stratified_subset_shares_out_what_a_small_group_cannot_take() -> None:
+    groups = ["a"] * 2 + ["b"] * 10 + ["c"] * 5
+    indices = list(range(100, 117))
+    chosen = stratified_subset(indices, groups, 9, seed=0)
+    assert chosen == sorted(chosen) and len(set(chosen)) == 9 and set(chosen) <= set(indices)
+    counts = {g: sum(groups[i - 100] == g for i in chosen) for g in "abc"}
+    assert counts == {"a": 2, "b": 4, "c": 3} or counts == {"a": 2, "b": 3, "c": 4}
+    assert stratified_subset(indices, groups, 9, seed=0) == chosen
+    assert len({tuple(stratified_subset(indices, groups, 9, seed=seed)) for seed in range(5)}) > 1
+    assert stratified_subset(indices, groups, None, seed=0) == indices
+    assert stratified_subset(indices, groups, 50, seed=0) == indices
+
+
+@pytest.mark.parametrize(
+    ("stem", "breed"), [("Abyssinian_12", "Abyssinian"), ("american_bulldog_3", "american_bulldog"), ("beagle_1", "beagle")]
+)
+def test_breed_is_the_stem_without_its_number(stem: str, breed: str) -> None:
+    assert breed_of(stem) == breed
+
+
+# --- original-resolution test masks --------------------------------------------------------------------
+
+
+def test_test_split_keeps_each_mask_at_its_original_resolution(pets: PetsData, tiny_pets: TinyPets) -> None:
+    assert pets.train.full_targets is None and pets.val.full_targets is None
+    assert len(pets.test.full_targets) == len(pets.test)
+    for name, full in zip(pets.test.names, pets.test.full_targets):
+        with Image.open(tiny_pets.trimap_file(name)) as im:
+            expected = to_classes(np.asarray(im), TRIMAP_CLASSES)
+            width, height = im.size
+        assert full.dtype == torch.uint8 and full.shape == (height, width), name
+        assert torch.equal(full, expected), name
+    assert len({tuple(full.shape) for full in pets.test.full_targets}) > 1  # sizes differ, none is the training size
+
+
+def test_subset_carries_the_original_masks(pets: PetsData) -> None:
+    part = pets.test.subset([3, 0])
+    assert part.names == [pets.test.names[3], pets.test.names[0]]
+    assert torch.equal(part.full_targets[0], pets.test.full_targets[3]) and torch.equal(part.full_targets[1], pets.test.full_targets[0])
 
 
 # --- disk cache -------------------------------------------------------------------------------------
@@ -207,6 +273,8 @@ def assert_same(a: PetsData, b: PetsData) -> None:
         sa, sb = splits(a)[split], splits(b)[split]
         assert sa.names == sb.names
         assert torch.equal(sa.images, sb.images) and torch.equal(sa.targets, sb.targets)
+        assert (sa.full_targets is None) == (sb.full_targets is None)
+        assert all(torch.equal(a, b) for a, b in zip(sa.full_targets or [], sb.full_targets or []))
 
 
 def test_second_construction_reads_the_cache(

@@ -28,11 +28,12 @@ TEST_KEYS = ("test/miou", "test/dice", "test/pixel_acc", "test/iou_pet", "test/i
 
 
 def overrides(tiny_root: Path, work: Path, run_dir: Path, *extra: str) -> list[str]:
-    """A run long enough to be stopped in the middle of an epoch: 3 epochs of single-image steps."""
+    """A run long enough to be stopped in the middle of an epoch: 3 epochs of single-image steps, with the
+    strong augmentation, whose random zoom, rotation and colours a resumed run must draw again exactly."""
     base = smoke_overrides_for(tiny_root, work)
     return base + [
         "trainer.max_epochs=3", "trainer.batch_size=1", "trainer.precision=fp32", "data.image_size=64",
-        "model.width=8", f"hydra.run.dir={run_dir}", *extra,
+        "model.width=8", "augment=strong", f"hydra.run.dir={run_dir}", *extra,
     ]
 
 
@@ -157,7 +158,7 @@ def test_nan_after_a_good_epoch_keeps_the_last_good_checkpoint(tiny_pets, tmp_pa
     run_dir = tmp_path / "run"
     args = smoke_overrides_for(tiny_pets.root, tmp_path) + [
         f"hydra.run.dir={run_dir}", "trainer.max_epochs=3", "trainer.batch_size=2", "trainer.skip_nonfinite=1",
-        "loss.criterion._target_=nan_loss.NaNFromStep", "+loss.criterion.step=12",
+        "loss=bce", "loss.criterion._target_=nan_loss.NaNFromStep", "+loss.criterion.step=12",
     ]
     env_tests = str(Path(__file__).parent)
     result = subprocess.run(
@@ -209,7 +210,7 @@ def test_rerun_of_interrupted_sweep_skips_complete_jobs(tiny_pets, tmp_path):
     sweep = tmp_path / "sweep"
     args = ["--multirun", *smoke_overrides_for(tiny_pets.root, tmp_path), "seed=0,1", f"hydra.sweep.dir={sweep}"]
     assert run_cli(args, tmp_path).returncode == 0
-    done, broken = sorted(sweep.glob("*_mp_tr_bce-s*"))
+    done, broken = sorted(sweep.glob("*_mp_tr_dicece-s*"))
     kept = (done / "summary.json").read_text()
     (broken / "summary.json").unlink()
     stamp = (done / "checkpoints/last.pt").stat().st_mtime_ns
@@ -224,7 +225,9 @@ def test_rerun_of_interrupted_sweep_skips_complete_jobs(tiny_pets, tmp_path):
 
 def test_two_rank_gloo_run_writes_once_and_matches_single_process_eval(tiny_pets, tmp_path):
     run_dir = tmp_path / "run"
-    args = smoke_overrides_for(tiny_pets.root, tmp_path) + [f"hydra.run.dir={run_dir}", "trainer.max_epochs=2", "trainer.precision=fp32"]
+    # BCE: a mean over pixels, so that the loss summed over the ranks' shards equals one process's; a Dice
+    # loss is a ratio per batch, which a different batching changes (the confusion-matrix scores do not).
+    args = smoke_overrides_for(tiny_pets.root, tmp_path) + [f"hydra.run.dir={run_dir}", "trainer.max_epochs=2", "trainer.precision=fp32", "loss=bce"]
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(closed_port()), "-m", "s18exp", *args],
         cwd=tmp_path, env=cli_env(tmp_path / "wandb-home"), capture_output=True, text=True, timeout=300,
@@ -248,7 +251,7 @@ def test_two_rank_gloo_run_writes_once_and_matches_single_process_eval(tiny_pets
     model = task.build_model()
     model.load_state_dict(best["model"])
     runtime = Runtime(torch.device("cpu"), "fp32", channels_last=True)
-    scores = task.evaluate(runtime.prepare_model(model), Batches(task.build_data().test, 4), runtime)
+    scores = task.test(runtime.prepare_model(model), Batches(task.build_data().test, 4), runtime)
     for key, value in scores.items():
         assert summary[f"test/{key}"] == pytest.approx(value, rel=1e-5, abs=1e-6), key
 

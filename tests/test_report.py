@@ -306,7 +306,7 @@ class Links(HTMLParser):
 def test_figures_exist_and_the_html_is_self_contained(sweep: Path) -> None:
     report(sweep)
     figures = sorted(p.name for p in sweep.glob("report-*.png"))
-    assert figures == ["report-unet-bars.png", "report-unet-curves.png", "report-unet-pictures.png"]
+    assert figures == ["report-unet-bars.png", "report-unet-curves.png", "report-unet-pictures.png", "report-unet-time-to-quality.png"]
     for name in figures:
         with Image.open(sweep / name) as image:
             assert image.width > 50 and image.height > 50
@@ -317,8 +317,66 @@ def test_figures_exist_and_the_html_is_self_contained(sweep: Path) -> None:
     parser = Links()
     parser.feed(html)
     assert parser.refs and all(value.startswith("data:image/png;base64,") for _, _, value in parser.refs), parser.refs
-    assert sum(1 for tag, _, _ in parser.refs if tag == "img") == 3
+    assert sum(1 for tag, _, _ in parser.refs if tag == "img") == 4
     assert "<link" not in html and "<script" not in html and "@import" not in html
+
+
+def test_time_to_quality_draws_each_run_against_its_cumulative_training_seconds(sweep: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Epoch times that differ per run: each run's line has x = the running sum of its epoch_seconds, y = val/miou."""
+    from s18exp.report import figures
+
+    epoch_seconds = {}
+    complete = [run.path for run in collect(sweep) if run.complete]
+    for k, run_dir in enumerate(complete):
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        for epoch, record in enumerate(records, start=1):
+            record["epoch_seconds"] = 2.0 + k + 0.5 * epoch
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        epoch_seconds[run_dir.name] = [r["epoch_seconds"] for r in records]
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig) or path)
+    (section,) = build_sections(collect(sweep))
+    assert figures.time_to_quality(section, sweep / "t.png") == sweep / "t.png"
+    (axes,) = drawn[0].axes
+    lines = axes.get_lines()
+    runs = [run for row in section.rows for run in row.runs]
+    assert len(lines) == len(runs) == 6  # one line per complete run
+    for line, run in zip(lines, runs):
+        assert np.allclose(line.get_xdata(), np.cumsum(epoch_seconds[run.path.name]))
+        assert np.allclose(line.get_ydata(), [m["val/miou"] for m in run.metrics])
+    colours = [line.get_color() for line in lines]
+    sizes = [len(row.runs) for row in section.rows]  # 3, 2, 1 seeds: one colour per combo
+    assert len(set(colours[:3])) == len(set(colours[3:5])) == 1 and len(set(colours)) == 3
+    assert sizes == [3, 2, 1]
+    assert [t.get_text() for t in axes.get_legend().get_texts()] == ["mp_tr_bce, n=3", "mp_tr_dice, n=2", "strconv_ups_dice, n=1"]
+
+
+def test_time_to_quality_is_referenced_in_markdown_and_drawn_only_for_a_task_with_a_time_curve(sweep: Path) -> None:
+    report(sweep)
+    md = (sweep / "report.md").read_text()
+    assert "](report-unet-time-to-quality.png)" in md and "Time to quality: validation mIoU against cumulative training seconds" in md
+    assert "Time to quality" in (sweep / "report.html").read_text()
+    stale = sweep / "vae" / "report-vae-time-to-quality.png"
+    run = sweep / "vae" / "0_vae-s0"
+    write_config(run, "vae_mnist_both_mp_tr", 0, sweep / "vae", task="vae", dataset="mnist", condition="both")
+    (run / "summary.json").write_text(json.dumps({"task": "vae", "test/elbo": 1.0, "status": "complete", "combo": "vae_mnist_both_mp_tr"}))
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "val/elbo": 2.0, "epoch_seconds": 1.0}) + "\n")
+    stale.write_bytes(b"an earlier report's figure")
+    report(sweep / "vae")
+    assert not stale.exists()
+
+
+def test_settings_line_lists_every_limit_in_force(sweep: Path) -> None:
+    from omegaconf import OmegaConf
+
+    for config_file in sweep.glob("*/.hydra/config.yaml"):
+        config = OmegaConf.load(config_file)
+        config.data.limit_train, config.data.limit_val, config.data.limit_test = 60, 12, 30
+        config.augment = {"name": "strong"}
+        OmegaConf.save(config, config_file)
+    report(sweep)
+    md = (sweep / "report.md").read_text()
+    assert "limit train 60 · limit val 12 · limit test 30 · augment strong" in md
 
 
 def test_pictures_show_the_shared_columns_once_then_each_combo(sweep: Path) -> None:

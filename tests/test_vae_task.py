@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import numpy as np
 from PIL import Image
 
 from s18exp.config import validate
@@ -97,7 +98,9 @@ def test_finalize_writes_the_three_pictures_and_the_scores(image_folder: Path, t
     tracker = Tracker(mode="disabled", project="p", entity=None, run_dir=tmp_path, name="n", group="g",
                       job_type="vae", tags=[], config={})
     scores = task.finalize(model, data, CPU, tmp_path, tracker)
-    assert set(scores) == {"judge/test_acc", "test/label_follow_acc", "test/input_keep_acc"}
+    assert set(scores) == {
+        "judge/test_acc", "test/label_follow_acc", "test/input_keep_acc", "test/recon_judge_acc", "test/sample_follow_acc"
+    }
     assert all(0.0 <= v <= 1.0 for v in scores.values())
     # a wrong label never equals the true one, so following it and keeping the input are exclusive
     assert scores["test/label_follow_acc"] + scores["test/input_keep_acc"] <= 1.0
@@ -145,3 +148,187 @@ def test_the_judge_learns_from_the_whole_training_split_whatever_the_vae_used(im
     assert len(whole) == len(task.build_data(limit_train=None).train) > 6
     assert len(task.judge_train_split(data, 9)) == 9
     assert task.judge_train_split(data, 6) is data.train
+
+
+class _LabelPainter(torch.nn.Module):
+    """A stand-in VAE whose decoder paints the grey level of a class: label k -> class k for k < 2, every
+    other label -> class 0. Its outputs follow labels 0 and 1 and nothing else."""
+
+    latent_dim = 4
+
+    def encode(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.zeros(len(x), self.latent_dim), torch.zeros(len(x), self.latent_dim)
+
+    def decode(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        painted = torch.where(labels < 2, labels, torch.zeros_like(labels)).float()
+        level = (painted + 0.5) / len(CLASSES)  # a grey level in (0, 1) that names the class
+        return torch.logit(level).view(-1, 1, 1, 1).expand(-1, 3, 16, 16)
+
+    def reconstruct(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.decode(self.encode(x, labels)[0], labels))
+
+
+class _GreyLevelJudge(torch.nn.Module):
+    """Reads the class from an image's mean grey level, the inverse of _LabelPainter."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        level = x.float().mean(dim=(1, 2, 3))
+        return -(level[:, None] * len(CLASSES) - 0.5 - torch.arange(len(CLASSES))[None, :]).abs()
+
+
+def test_the_two_ceilings_match_a_count_by_hand(image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import s18exp.tasks.vae as vae_task
+
+    task = VAETask(compose_vae(tiny_overrides(image_folder, tmp_path)))
+    data = task.build_data()
+    monkeypatch.setattr(vae_task, "judge_for", lambda *args, **kwargs: _GreyLevelJudge())
+    tracker = Tracker(mode="disabled", project="p", entity=None, run_dir=tmp_path, name="n", group="g", job_type="vae", tags=[], config={})
+    scores = task.finalize(_LabelPainter(), data, CPU, tmp_path, tracker)
+
+    true = data.test.targets.tolist()
+    n = len(true)
+    # reconstructions with the true label: right exactly for the test images of classes 0 and 1
+    assert scores["test/recon_judge_acc"] == pytest.approx(sum(t < 2 for t in true) / n)
+    # samples: labels 0, 1, 2, 0, 1, 2, ... one per test image; right for labels 0 and 1
+    assert scores["test/sample_follow_acc"] == pytest.approx(sum(i % len(CLASSES) < 2 for i in range(n)) / n)
+    # a wrong label is followed only when it is 1, or 0 (which every label >= 2 also paints)
+    assert 0 < scores["test/label_follow_acc"] < 1
+
+
+def test_label_sweep_has_one_row_per_input_and_a_column_per_label(image_folder: Path, tmp_path: Path, one_thread):
+    task = VAETask(compose_vae(tiny_overrides(image_folder, tmp_path)))
+    data = task.build_data()
+    model = task.build_model().eval()
+    tracker = Tracker(mode="disabled", project="p", entity=None, run_dir=tmp_path, name="n", group="g", job_type="vae", tags=[], config={})
+    task.finalize(model, data, CPU, tmp_path, tracker)
+    # 3 classes: 3 rows (one test input per class), the input + one column per label; 16 px images enlarged
+    # to 128 px tiles, 4 px padding, 14 px column titles and captions, a 20 px title above the grid
+    tile, pad, caption, title = 128, 4, 14, 20
+    rows, cols = len(CLASSES), 1 + len(CLASSES)
+    with Image.open(tmp_path / FILES["label_sweep"]) as sweep:
+        assert sweep.size == (cols * (tile + pad) + pad, title + (caption + pad) + rows * (tile + caption + pad) + pad)
+        pixels = torch.from_numpy(np.asarray(sweep.convert("RGB")).copy())
+    chosen = spanning_selection(data.test.targets, 25, 0)[: len(CLASSES)]
+    assert sorted(data.test.targets[chosen].tolist()) == list(range(len(CLASSES)))
+    for row, index in enumerate(chosen):
+        y0 = title + caption + pad + pad + row * (tile + caption + pad)
+        first = pixels[y0 : y0 + tile, pad : pad + tile]
+        expected = data.test.images[index].permute(1, 2, 0).repeat_interleave(8, 0).repeat_interleave(8, 1)
+        assert torch.equal(first, expected)
+        for label in range(len(CLASSES)):  # column 1 + k: the output under label k, enlarged
+            x0 = pad + (1 + label) * (tile + pad)
+            out = task.outputs(model, data.test.images[index : index + 1], torch.tensor([label]), CPU)[0]
+            expected = out.permute(1, 2, 0).repeat_interleave(8, 0).repeat_interleave(8, 1)
+            assert torch.equal(pixels[y0 : y0 + tile, x0 : x0 + tile], expected)
+
+
+def test_beta_falls_from_beta_start_to_beta_over_the_warmdown(image_folder: Path, tmp_path: Path):
+    base = tiny_overrides(image_folder, tmp_path)
+    task = VAETask(compose_vae([*base, "task.beta=1", "task.beta_start=9", "task.beta_warmdown=0.25"]))
+    assert task.beta_at(0.0) == 9.0
+    assert task.beta_at(0.125) == pytest.approx(5.0)  # halfway through the warm-down
+    assert task.beta_at(0.25) == task.beta_at(0.7) == task.beta_at(1.0) == 1.0
+    assert VAETask(compose_vae([*base, "task.beta=2", "task.beta_warmdown=0"])).beta_at(0.0) == 2.0
+    with pytest.raises(UserError, match="task.beta_warmdown=1.5"):
+        VAETask(compose_vae([*base, "task.beta_warmdown=1.5"]))
+
+
+def test_training_loss_weighs_the_kl_by_the_beta_of_its_progress(image_folder: Path, tmp_path: Path, one_thread):
+    from s18exp.models.vae import gaussian_kl
+
+    base = tiny_overrides(image_folder, tmp_path)
+    task = VAETask(compose_vae([*base, "task.beta=1", "task.beta_start=5", "task.beta_warmdown=0.5", "task.encoder_label_noise=0", "task.prior_z_share=0"]))
+    data = task.build_data()
+    model = task.build_model().eval()
+    images, labels = data.train.images[:6], data.train.targets[:6]
+    x = task.to_input(images)
+    losses = {}
+    for progress in (0.0, 0.25, 1.0):
+        torch.manual_seed(3)
+        losses[progress] = task.training_loss(model, images, labels, progress).item()
+    torch.manual_seed(3)
+    logits, mu, logvar = model(x, labels)
+    recon, kl = task.likelihood(logits, x).mean().item(), gaussian_kl(mu, logvar).mean().item()
+    assert losses[0.0] == pytest.approx(recon + 5 * kl, rel=1e-5)
+    assert losses[0.25] == pytest.approx(recon + 3 * kl, rel=1e-5)
+    assert losses[1.0] == pytest.approx(recon + 1 * kl, rel=1e-5)
+
+
+def test_encoder_label_noise_replaces_a_share_of_the_encoders_labels_only_with_both(image_folder: Path, tmp_path: Path):
+    base = tiny_overrides(image_folder, tmp_path)
+    task = VAETask(compose_vae([*base, "model.condition=both", "task.encoder_label_noise=0.5"]))
+    labels = torch.zeros(6000, dtype=torch.long)
+    torch.manual_seed(0)
+    noisy = task.encoder_labels(labels)
+    # half are redrawn uniformly over the 3 classes, so about 1/3 of those (1/6 of all) stay 0 by chance
+    changed = (noisy != labels).double().mean().item()
+    assert changed == pytest.approx(0.5 * (1 - 1 / len(CLASSES)), abs=0.02)
+    assert set(noisy.tolist()) == set(range(len(CLASSES)))
+    torch.manual_seed(0)
+    assert torch.equal(task.encoder_labels(labels), noisy)  # drawn from the global, checkpointed generator
+    decoder_only = VAETask(compose_vae([*base, "model.condition=decoder", "task.encoder_label_noise=0.5"]))
+    assert torch.equal(decoder_only.encoder_labels(labels), labels)
+    with pytest.raises(UserError, match="task.encoder_label_noise=2"):
+        VAETask(compose_vae([*base, "task.encoder_label_noise=2"]))
+
+
+def test_the_encoder_gets_encoder_labels_and_the_decoder_the_labels(image_folder: Path, tmp_path: Path, one_thread):
+    task = VAETask(compose_vae([*tiny_overrides(image_folder, tmp_path), "model.condition=both"]))
+    model = task.build_model().eval()
+    x = task.to_input(task.build_data().test.images[:4])
+    labels, other = torch.tensor([0, 1, 2, 0]), torch.tensor([1, 2, 0, 1])
+    torch.manual_seed(0)
+    logits, mu, logvar = model(x, labels, other)
+    expected_mu, _ = model.encode(x, other)
+    assert torch.allclose(mu, expected_mu)
+    torch.manual_seed(0)
+    plain_logits, plain_mu, _ = model(x, labels)
+    assert not torch.allclose(plain_mu, mu)
+    torch.manual_seed(0)
+    z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+    assert torch.allclose(logits, model.decode(z, labels), atol=1e-6)
+
+
+def test_prior_rows_decode_a_z_from_the_prior_with_the_true_label(image_folder: Path, tmp_path: Path, one_thread):
+    base = [*tiny_overrides(image_folder, tmp_path), "model.condition=decoder"]
+    task = VAETask(compose_vae([*base, "task.prior_z_share=0.25"]))
+    torch.manual_seed(4)
+    rows = task.prior_rows(8000, torch.device("cpu"))
+    assert rows is not None and rows.double().mean().item() == pytest.approx(0.25, abs=0.02)
+    torch.manual_seed(4)
+    assert torch.equal(task.prior_rows(8000, torch.device("cpu")), rows)  # the global, checkpointed generator
+
+    # training_loss hands the model the rows it drew, and the decoder the true labels
+    model = task.build_model().eval()
+    seen = {}
+
+    class Spy(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, x, labels, encoder_labels=None, from_prior=None):
+            seen.update(labels=labels, from_prior=from_prior)
+            return self.inner(x, labels, encoder_labels, from_prior)
+
+    images, labels = task.build_data().test.images[:6], torch.tensor([0, 1, 2, 0, 1, 2])
+    torch.manual_seed(5)
+    expected_rows = torch.rand(6) < 0.25
+    torch.manual_seed(5)
+    task.training_loss(Spy(), images, labels)
+    assert torch.equal(seen["from_prior"], expected_rows) and torch.equal(seen["labels"], labels)
+
+    # the model decodes those rows from z ~ N(0, I), the others from q(z|x, y): same draws, by hand
+    x = task.to_input(images)
+    torch.manual_seed(6)
+    logits, mu, logvar = model(x, labels, None, expected_rows | torch.tensor([True, False, False, False, False, False]))
+    torch.manual_seed(6)
+    posterior = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+    prior = torch.randn_like(mu)
+    chosen = (expected_rows | torch.tensor([True, False, False, False, False, False]))[:, None]
+    assert torch.allclose(logits, model.decode(torch.where(chosen, prior, posterior), labels), atol=1e-6)
+    assert not torch.allclose(model.decode(prior, labels)[0], model.decode(posterior, labels)[0], atol=1e-6)
+
+    assert VAETask(compose_vae([*base, "task.prior_z_share=0"])).prior_rows(5, x.device) is None
+    with pytest.raises(UserError, match="task.prior_z_share=-1"):
+        VAETask(compose_vae([*base, "task.prior_z_share=-1"]))

@@ -16,18 +16,24 @@ from torch.utils.data import DistributedSampler
 
 @dataclass
 class TensorSplit:
-    """One split: `images` uint8 (N, C, H, W); `targets` uint8 masks (N, H, W) or int64 labels (N,)."""
+    """One split: `images` uint8 (N, C, H, W); `targets` uint8 masks (N, H, W) or int64 labels (N,).
+
+    `full_targets`, where a dataset keeps them, are the masks at each item's original resolution (uint8
+    class indices, one (H_i, W_i) tensor per item), for scoring at that resolution.
+    """
 
     images: torch.Tensor
     targets: torch.Tensor
     names: list[str]
+    full_targets: list[torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.names)
 
     def subset(self, indices: list[int]) -> "TensorSplit":
         index = torch.as_tensor(indices, dtype=torch.long)
-        return TensorSplit(self.images[index], self.targets[index], [self.names[i] for i in indices])
+        full = None if self.full_targets is None else [self.full_targets[i] for i in indices]
+        return TensorSplit(self.images[index], self.targets[index], [self.names[i] for i in indices], full)
 
 
 class Batches:
@@ -62,8 +68,12 @@ class Batches:
         items = len(self.sampler) if self.sampler is not None else len(range(self.rank, len(self.split), self.world_size))
         return -(-items // self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def index_batches(self) -> Iterator[torch.Tensor]:
+        """The item indices of each batch, in the order `__iter__` yields the batches."""
         order = self.indices()
         for start in range(0, len(order), self.batch_size):
-            index = order[start : start + self.batch_size]
+            yield order[start : start + self.batch_size]
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for index in self.index_batches():
             yield self.split.images[index], self.split.targets[index]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,7 +37,12 @@ class PetsData:
 
     The official `trainval` list is split into train and val with `split_seed` (so every run validates on
     the same images whatever its own seed); the official `test` list is the test split. Images are converted
-    to RGB and resized bilinear; masks are resized NEAREST only, so they keep their class values.
+    to RGB and resized bilinear; masks are resized NEAREST only, so they keep their class values. The test
+    split also keeps each mask at its original resolution (`full_targets`), where test scores are computed.
+
+    `limit_*` keep a seeded subset (seed `split_seed`, the same for every run) of N items of a split, as equal
+    as possible across breeds (`stratified_subset`): the lists are sorted by breed, and the first N would
+    hold one or two breeds only.
     """
 
     def __init__(
@@ -68,9 +74,13 @@ class PetsData:
         order = torch.randperm(len(trainval), generator=torch.Generator().manual_seed(split_seed)).tolist()
         n_val = max(1, round(len(trainval) * val_fraction))
         val_idx, train_idx = sorted(order[:n_val]), sorted(order[n_val:])
-        self.train = self._load(trainval, "train", train_idx[:limit_train])
-        self.val = self._load(trainval, "val", val_idx[:limit_val])
-        self.test = self._load(test, "test", list(range(len(test)))[:limit_test])
+        train_idx = stratified_subset(train_idx, _breeds(trainval, train_idx), limit_train, split_seed)
+        val_idx = stratified_subset(val_idx, _breeds(trainval, val_idx), limit_val, split_seed)
+        test_idx = list(range(len(test)))
+        test_idx = stratified_subset(test_idx, _breeds(test, test_idx), limit_test, split_seed)
+        self.train = self._load(trainval, "train", train_idx)
+        self.val = self._load(trainval, "val", val_idx)
+        self.test = self._load(test, "test", test_idx, keep_full_masks=True)
 
     def _open(self, split: str, download: bool) -> OxfordIIITPet:
         base = self.root / "oxford-iiit-pet"
@@ -93,7 +103,7 @@ class PetsData:
             f"set data.root=DIR or S18EXP_DATA=DIR to the folder that holds oxford-iiit-pet/"
         )
 
-    def _load(self, dataset: OxfordIIITPet, split: str, indices: list[int]) -> TensorSplit:
+    def _load(self, dataset: OxfordIIITPet, split: str, indices: list[int], keep_full_masks: bool = False) -> TensorSplit:
         image_files = [Path(dataset._images[i]) for i in indices]
         mask_files = [Path(dataset._segs[i]) for i in indices]
         names = [p.stem for p in image_files]
@@ -104,28 +114,67 @@ class PetsData:
             "classes": self.classes,
             "files": fingerprint(image_files) + fingerprint(mask_files),
         }
+        if keep_full_masks:  # only here, so that the cached train and val splits keep their keys
+            description["full_masks"] = True
 
         def decode_all() -> dict:
             size = self.image_size
             images = torch.empty(len(indices), 3, size, size, dtype=torch.uint8)
             masks = torch.empty(len(indices), size, size, dtype=torch.uint8)
+            full_masks: list[torch.Tensor | None] = [None] * len(indices)
             lut = np.full(256, 255, dtype=np.uint8)
             for value, cls in self._value_to_class.items():
                 lut[value] = cls
 
             def decode(k: int) -> None:
-                images[k], masks[k] = _decode_pair(image_files[k], mask_files[k], size, lut)
+                images[k], masks[k], full = _decode_pair(image_files[k], mask_files[k], size, lut)
+                if keep_full_masks:  # only the test split is scored at full size, and originals cost ~190 kB each
+                    full_masks[k] = full
 
             with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
                 list(pool.map(decode, range(len(indices))))
-            return {"images": images, "masks": masks}
+            tensors = {"images": images, "masks": masks}
+            if keep_full_masks:
+                tensors["full_masks"] = full_masks
+            return tensors
 
         tensors = cached(self._cache_dir, description, decode_all)
-        return TensorSplit(tensors["images"], tensors["masks"], names)
+        return TensorSplit(tensors["images"], tensors["masks"], names, tensors.get("full_masks"))
 
 
-def _decode_pair(image_file: Path, mask_file: Path, size: int, lut: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """One image (RGB, bilinear) and its trimap (NEAREST, mapped to class indices) at size x size."""
+def breed_of(name: str) -> str:
+    """The breed of an Oxford-IIIT Pet file stem: `Abyssinian_12` -> `Abyssinian`, `american_bulldog_3` -> `american_bulldog`."""
+    return re.sub(r"_\d+$", "", name)
+
+
+def _breeds(dataset: OxfordIIITPet, indices: list[int]) -> list[str]:
+    return [breed_of(Path(dataset._images[i]).stem) for i in indices]
+
+
+def stratified_subset(indices: list[int], groups: list[str], limit: int | None, seed: int) -> list[int]:
+    """`limit` of `indices` (all of them when `limit` is None or not smaller), sorted; `groups[k]` is the group of `indices[k]`.
+
+    A seeded random choice, as equal as possible across groups: groups take turns, each giving its next item
+    in a seeded random order, and a group that runs out drops out; the turn order of the groups is seeded too,
+    so the remainder of limit / groups does not always go to the same groups.
+    """
+    if limit is None or limit >= len(indices):
+        return sorted(indices)
+    generator = torch.Generator().manual_seed(seed)
+    names = sorted(set(groups))
+    turn = {names[i]: position for position, i in enumerate(torch.randperm(len(names), generator=generator).tolist())}
+    rank = [0] * len(indices)
+    for name in names:
+        members = [k for k, group in enumerate(groups) if group == name]
+        for position, i in enumerate(torch.randperm(len(members), generator=generator).tolist()):
+            rank[members[i]] = position
+    order = sorted(range(len(indices)), key=lambda k: (rank[k], turn[groups[k]]))
+    return sorted(indices[k] for k in order[:limit])
+
+
+def _decode_pair(image_file: Path, mask_file: Path, size: int, lut: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One image (RGB, bilinear) and its trimap (NEAREST, mapped to class indices) at size x size, and the
+    trimap's class indices at its own resolution."""
     try:
         with Image.open(image_file) as im:
             image = im.convert("RGB").resize((size, size), Image.BILINEAR)
@@ -133,12 +182,13 @@ def _decode_pair(image_file: Path, mask_file: Path, size: int, lut: np.ndarray) 
         raise UserError(f"cannot read image {image_file} ({exc}); remove or replace the file") from exc
     try:
         with Image.open(mask_file) as im:
-            trimap = np.asarray(im.resize((size, size), Image.NEAREST))
+            trimap = np.asarray(im)
+            resized = np.asarray(im.resize((size, size), Image.NEAREST))
     except Exception as exc:
         raise UserError(f"cannot read trimap {mask_file} ({exc}); remove or replace the file") from exc
-    mask = lut[trimap]
-    if (mask == 255).any():
+    full = lut[trimap]
+    if (full == 255).any():
         bad = sorted(set(np.unique(trimap)) - {1, 2, 3})
         raise UserError(f"trimap {mask_file} holds values {bad}; trimaps code 1 pet, 2 background, 3 border")
     image_tensor = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
-    return image_tensor, torch.from_numpy(mask.copy())
+    return image_tensor, torch.from_numpy(lut[resized]), torch.from_numpy(full)

@@ -2,7 +2,7 @@
 
 The label goes through `nn.Embedding`; `condition` says where it enters:
 
-- `encoder`: the seed assignment's design. The embedding (one value per flattened encoder feature) is
+- `encoder`: the ERA V1 Session 18 assignment's design. The embedding (one value per flattened encoder feature) is
   multiplied into the encoder's output before the heads of mu and log-variance; the decoder never sees the
   label, so at generation time a label can only act through z.
 - `decoder`: the embedding is concatenated to z at the decoder's input; the encoder sees the image only.
@@ -167,9 +167,17 @@ class LabelVAE(nn.Module):
         """Logits for latent codes z; `labels` is ignored when the decoder does not take one."""
         return self.decoder(z, labels) if self.decoder_sees_label else self.decoder(z)
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mu, logvar = self.encode(x, labels)
+    def forward(
+        self, x: torch.Tensor, labels: torch.Tensor, encoder_labels: torch.Tensor | None = None,
+        from_prior: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(logits, mu, logvar) of the image `x`; the decoder gets `labels`, the encoder `encoder_labels`
+        where given, else `labels` too. Rows where the boolean `from_prior` holds decode a z drawn from the
+        prior N(0, I) instead of q(z|x, y) (both are training devices of VAETask)."""
+        mu, logvar = self.encode(x, labels if encoder_labels is None else encoder_labels)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        if from_prior is not None:
+            z = torch.where(from_prior[:, None], torch.randn_like(z), z)
         return self.decode(z, labels), mu, logvar
 
     @torch.no_grad()

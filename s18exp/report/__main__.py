@@ -4,6 +4,9 @@
     python -m s18exp.report SWEEP_DIR --wandb           # also build a W&B Report (saved when logged in)
     python -m s18exp.report --from-spec SWEEP_DIR/wandb_report.json   # create a W&B Report written earlier offline
 
+A sweep dir of a hyper-parameter search (it holds optuna.db) also gets a section on the study: its trials by
+objective, the best trial's command line, the objective per trial, parameter importances (docs/search.md).
+
 Exit codes: 0 done; 1 no run (or no complete run) found; 2 bad arguments; 3 the W&B Report could not be saved.
 """
 

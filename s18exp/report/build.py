@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from rich.console import Console
 from rich.markup import escape
 
 from s18exp.report import figures as figs
+from s18exp.report import search as srch
 from s18exp.report import wandb_report as wb
 from s18exp.report.collect import MARKERS, collect
 from s18exp.report.render import Document, Figures, print_tables, to_html, to_markdown
@@ -49,22 +50,27 @@ def make_report(
         console.print(f"[red]error:[/] {escape(str(root))} is not a folder")
         return BAD_INPUT
     runs = collect(root)
-    if not runs:
+    searches = srch.read_searches(root)
+    if not runs and not searches:
         console.print(
             f"[red]error:[/] no run dirs under {escape(str(root))} (a run dir holds one of {', '.join(MARKERS)}); nothing to report"
         )
         return NO_RUNS
     out = Path(out_dir).absolute() if out_dir else root
+    for search in searches:
+        if search.problem is None:
+            search.figure = _draw(console, srch.draw_objective, search, srch.figure_path(out, search.study_name))
     sections = build_sections(runs)
     drawn: dict[str, Figures] = {}
     for section in sections:
         drawn[section.task] = Figures(
             curves=_draw(console, figs.curves, section, figure_path(out, section.task, "curves")),
+            time_to_quality=_draw(console, figs.time_to_quality, section, figure_path(out, section.task, "time-to-quality")),
             bars=_draw(console, figs.bars, section, figure_path(out, section.task, "bars")),
             pictures=_draw(console, figs.pictures, section, figure_path(out, section.task, "pictures")),
         )
     generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    doc = Document(f"Run comparison: {root.name}", root, generated, sections, drawn)
+    doc = Document(f"Run comparison: {root.name}", root, generated, sections, drawn, searches)
     _write(doc, out)  # the local report first: whatever happens with W&B, it is on disk
     print_tables(doc, console)
     code = OK
@@ -85,9 +91,9 @@ def make_report(
     return code
 
 
-def _draw(console: Console, draw: Callable[[Section, Path], Path | None], section: Section, path: Path) -> Path | None:
+def _draw(console: Console, draw: Callable[[Any, Path], Path | None], part: Section | srch.Search, path: Path) -> Path | None:
     try:
-        drawn = draw(section, path)
+        drawn = draw(part, path)
     except Exception as exc:  # a figure that cannot be drawn costs that figure, not the report
         console.print(f"[yellow]warning:[/] {escape(path.name)} not drawn ({escape(f'{type(exc).__name__}: {exc}')})")
         drawn = None

@@ -1,4 +1,5 @@
-"""The report's PNG figures: curves per epoch, bars of test scores, and the runs' own pictures side by side.
+"""The report's PNG figures: curves per epoch, a metric against training time, bars of test scores, and the
+runs' own pictures side by side.
 
 matplotlib is used through `matplotlib.figure.Figure` (no pyplot, no global state, no display needed).
 Every function returns the path it wrote, or None when the section has nothing to draw.
@@ -17,6 +18,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw, ImageFont
 
+from s18exp.report.collect import Run
 from s18exp.report.table import Cell, Row, Section
 from s18exp.report.writing import atomic_write_bytes
 
@@ -50,13 +52,17 @@ def _save(fig: Figure, path: Path) -> Path:
     return path
 
 
+def _finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _series(row: Row, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Epochs, and the mean, min and max over the row's seeds of metric `key` at each epoch."""
     per_epoch: dict[int, list[float]] = {}
     for run in row.runs:
         for record in run.metrics:
             value = record.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            if _finite(value):
                 per_epoch.setdefault(record["epoch"], []).append(float(value))
     epochs = np.array(sorted(per_epoch))
     values = [per_epoch[e] for e in epochs]
@@ -103,6 +109,51 @@ def curves(section: Section, path: Path) -> Path | None:
                 labels += [c.label for c in panel.curves]
             ax.legend(handles, labels, fontsize=7, loc="best")
     fig.suptitle(f"{section.spec.title}: mean over seeds, band = min..max", fontsize=10)
+    return _save(fig, path)
+
+
+def _timed_series(run: Run, key: str) -> tuple[list[float], list[float]]:
+    """Cumulative training seconds at the end of each epoch (the sum of `epoch_seconds`, which leaves out
+    validation) and metric `key` there. It stops at the first epoch without a time, after which the clock is
+    unknown, and skips epochs without the metric."""
+    seconds, values, clock = [], [], 0.0
+    for record in run.metrics:
+        if not _finite(record.get("epoch_seconds")):
+            break
+        clock += float(record["epoch_seconds"])
+        if _finite(record.get(key)):
+            seconds.append(clock)
+            values.append(float(record[key]))
+    return seconds, values
+
+
+def time_to_quality(section: Section, path: Path) -> Path | None:
+    """The task's `time_curve` metric against cumulative training seconds: one thin line per run, coloured by
+    combo. Runs are not averaged over seeds: their epochs end at different times, and a mean would need an
+    interpolation the reader cannot see."""
+    curve = section.spec.time_curve
+    if curve is None or not section.rows:
+        return None
+    fig = Figure(figsize=(6.4, 4.0))
+    ax = fig.subplots()
+    drawn = False
+    for row, colour in zip(section.rows, _colours(len(section.rows))):
+        label = f"{row.label}, n={len(row.runs)}"
+        for run in row.runs:
+            seconds, values = _timed_series(run, curve.key)
+            if not seconds:
+                continue
+            drawn = True
+            marker = "o" if len(seconds) <= 30 else None  # a run of one epoch is still visible
+            ax.plot(seconds, values, color=colour, label=label, linewidth=1.0, alpha=0.8, marker=marker, markersize=2.5)
+            label = None  # one legend entry per combo
+    if not drawn:
+        return None
+    ax.set_xlabel("training seconds (cumulative epoch_seconds, validation left out)")
+    ax.set_ylabel(curve.label)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title(f"{curve.label} against training time: one line per run, colour = combo", fontsize=10)
     return _save(fig, path)
 
 

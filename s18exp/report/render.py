@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from s18exp.report.search import Search, format_value
 from s18exp.report.table import Section, cells, header
 
 LEGEND = "Mean ± sample std over seeds (n = runs of the combo); the best value of each ranked column is in bold."
@@ -22,12 +23,19 @@ class Figures:
     """The PNG files drawn for one section (None where there was nothing to draw)."""
 
     curves: Path | None = None
+    time_to_quality: Path | None = None
     bars: Path | None = None
     pictures: Path | None = None
 
     def items(self, section: Section) -> list[tuple[str, Path]]:
-        captions = [
-            (self.curves, "Curves per epoch: one line per combo (mean over seeds), the band spans the seeds (min..max)."),
+        captions = [(self.curves, "Curves per epoch: one line per combo (mean over seeds), the band spans the seeds (min..max).")]
+        if self.time_to_quality is not None and section.spec.time_curve is not None:
+            captions.append((
+                self.time_to_quality,
+                f"Time to quality: {section.spec.time_curve.label} against cumulative training seconds (the sum of "
+                "each epoch's training time, validation left out); one thin line per run, coloured by combo.",
+            ))
+        captions += [
             (self.bars, f"{section.spec.bars_title}: mean over seeds, error bar = std."),
             (self.pictures, f"{section.spec.picture} of one seed per combo, side by side (the same test images in each)."),
         ]
@@ -41,6 +49,7 @@ class Document:
     generated: str
     sections: list[Section]
     figures: dict[str, Figures]
+    searches: list[Search] = field(default_factory=list)  # the Optuna studies of the folder (a search's sweep dir)
     extra_md: list[str] = field(default_factory=list)  # e.g. the W&B section, as markdown paragraphs
 
     @property
@@ -81,12 +90,135 @@ def settings_line(section: Section) -> str:
     return " · ".join(f"{k} {v}" for k, v in section.settings.items())
 
 
+SEARCH_NOTE = (
+    "The per-run tables below group runs by combo: there, the n runs of a row are trials with different "
+    "hyper-parameters, not seeds of one configuration."
+)
+IMPORTANCE_NOTE = (
+    "Parameter importances (optuna.importance.get_param_importances, PED-ANOVA): how much each parameter "
+    "separates the best trials from the rest, summing to 1; rough with few trials."
+)
+
+
+def search_intro(search: Search) -> str:
+    counts = ", ".join(f"{search.count(state)} {state}" for state in ("complete", "failed", "unfinished") if search.count(state))
+    line = (
+        f"Study {search.study_name} ({search.direction} {search.objective}): {len(search.trials)} trial(s)"
+        + (f", {counts}" if counts else "")
+        + "."
+    )
+    if search.count("unfinished"):
+        line += " Rerunning the search command with the same sweep dir finishes the unfinished ones."
+    return line
+
+
+def best_line(search: Search) -> str:
+    best = search.best
+    if best is None:
+        return "No trial is complete yet."
+    where = f", run dir {best.run_dir}" if best.run_dir else ""
+    return f"Best trial: {best.number}, {search.objective} = {best.value:.6g}{where}. Its config as a single run:"
+
+
+def search_table(search: Search) -> tuple[list[str], list[list[str]]]:
+    """The header and rows of the trials table: complete trials best first, then the others."""
+    head = ["trial", "state", search.objective, *search.param_names, "run dir"]
+    rows = [
+        [str(t.number), t.state, format_value(t.value), *(format_value(t.params.get(p)) for p in search.param_names), t.run_dir or "–"]
+        for t in search.trials
+    ]
+    return head, rows
+
+
+def failed_lines(search: Search) -> list[str]:
+    return [f"trial {t.number}: {t.reason or 'no reason recorded'}" for t in search.trials if t.state == "failed"]
+
+
+def search_markdown(search: Search, out_dir: Path) -> list[str]:
+    parts = [f"## Hyper-parameter search: {search.study_name}"]
+    if search.problem:
+        return parts + [search.problem]
+    parts += [search_intro(search), f"**{best_line(search)}**"]
+    if search.command:
+        parts.append(f"    {search.command}")
+    head, rows = search_table(search)
+    parts.append("\n".join(
+        ["| " + " | ".join(map(_md_escape, head)) + " |", "|" + "|".join(["---:", "---"] + ["---:"] * (len(head) - 3) + ["---"]) + "|"]
+        + ["| " + " | ".join(map(_md_escape, row)) + " |" for row in rows]
+    ))
+    if search.figure is not None:
+        caption = "The objective of each complete trial against its number; the line is the best so far, crosses are failed trials."
+        parts.append(f"![{caption}]({_relative(search.figure, out_dir)})\n\n_{caption}_")
+    if search.importances:
+        parts.append("| parameter | importance |\n|---|---:|\n" + "\n".join(f"| {_md_escape(k)} | {v:.3f} |" for k, v in search.importances.items()))
+        parts.append(IMPORTANCE_NOTE)
+    else:
+        parts.append(f"Parameter importances: {search.importance_note}.")
+    if failed_lines(search):
+        parts.append(f"### Failed trials ({search.count('failed')})")
+        parts.append("\n".join(f"- {_md_escape(line)}" for line in failed_lines(search)))
+    parts.append(SEARCH_NOTE)
+    return parts
+
+
+def search_html(search: Search) -> list[str]:
+    body = [f"<h2>Hyper-parameter search: {html.escape(search.study_name)}</h2>"]
+    if search.problem:
+        return body + [f"<p>{html.escape(search.problem)}</p>"]
+    body += [f"<p>{html.escape(search_intro(search))}</p>", f"<p><b>{html.escape(best_line(search))}</b></p>"]
+    if search.command:
+        body.append(f"<pre>{html.escape(search.command)}</pre>")
+    head, rows = search_table(search)
+    body.append("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>")
+    for row in rows:
+        tds = [f'<td class="num">{html.escape(text)}</td>' if i == 0 or 2 <= i < len(row) - 1 else f"<td>{html.escape(text)}</td>" for i, text in enumerate(row)]
+        body.append("<tr>" + "".join(tds) + "</tr>")
+    body.append("</table>")
+    if search.figure is not None:
+        caption = "The objective of each complete trial against its number; the line is the best so far, crosses are failed trials."
+        body.append(f'<figure><img src="{_data_uri(search.figure)}" alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}</figcaption></figure>')
+    if search.importances:
+        body.append("<table><tr><th>parameter</th><th>importance</th></tr>")
+        body.extend(f'<tr><td>{html.escape(k)}</td><td class="num">{v:.3f}</td></tr>' for k, v in search.importances.items())
+        body.append(f"</table><p class=note>{html.escape(IMPORTANCE_NOTE)}</p>")
+    else:
+        body.append(f"<p class=note>Parameter importances: {html.escape(str(search.importance_note))}.</p>")
+    if failed_lines(search):
+        body.append(f"<h3>Failed trials ({search.count('failed')})</h3><ul>")
+        body.extend(f"<li class=incomplete>{html.escape(line)}</li>" for line in failed_lines(search))
+        body.append("</ul>")
+    body.append(f"<p class=note>{html.escape(SEARCH_NOTE)}</p>")
+    return body
+
+
+def print_search(search: Search, console: Console) -> None:
+    if search.problem:
+        console.print(f"[yellow]warning:[/] {escape(search.problem)}")
+        return
+    head, rows = search_table(search)
+    table = Table(title=f"Hyper-parameter search\n{search_intro(search)}", title_justify="left")
+    for i, name in enumerate(head):
+        table.add_column(name, justify="right" if i == 0 or 2 <= i < len(head) - 1 else "left", overflow="fold")
+    for row in rows:
+        table.add_row(*map(escape, row))
+    console.print(table)
+    console.print(escape(best_line(search)))
+    if search.command:
+        console.print(f"  {escape(search.command)}")
+    if search.importances:
+        console.print("parameter importances: " + ", ".join(f"{escape(k)} {v:.3f}" for k, v in search.importances.items()))
+    else:
+        console.print(f"parameter importances: {escape(str(search.importance_note))}")
+
+
 def to_markdown(doc: Document, out_dir: Path) -> str:
     complete, incomplete = doc.counts
     parts = [
         f"# {doc.title}",
         f"Folder `{doc.root}`: {complete} complete run(s), {incomplete} incomplete · generated {doc.generated}",
     ]
+    for search in doc.searches:
+        parts.extend(search_markdown(search, out_dir))
     for section in doc.sections:
         parts.append(f"## {section.spec.title}")
         if section.settings:
@@ -147,6 +279,8 @@ def to_html(doc: Document, extra_html: list[str] | None = None) -> str:
         f"<p class=note>Folder <code>{html.escape(str(doc.root))}</code>: {complete} complete run(s), "
         f"{incomplete} incomplete · generated {html.escape(doc.generated)}</p>",
     ]
+    for search in doc.searches:
+        body.extend(search_html(search))
     for section in doc.sections:
         body.append(f"<h2>{html.escape(section.spec.title)}</h2>")
         if section.settings:
@@ -173,6 +307,8 @@ def to_html(doc: Document, extra_html: list[str] | None = None) -> str:
 
 def print_tables(doc: Document, console: Console) -> None:
     """The same tables on the terminal, the best value of each ranked column in bold green."""
+    for search in doc.searches:
+        print_search(search, console)
     for section in doc.sections:
         if section.rows:
             title = section.spec.title + (f"\n{settings_line(section)}" if section.settings else "")

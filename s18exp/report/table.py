@@ -27,6 +27,9 @@ SETTINGS = (
     ("depth", "model.depth"),
     ("latent", "model.latent_dim"),
     ("limit train", "data.limit_train"),
+    ("limit val", "data.limit_val"),
+    ("limit test", "data.limit_test"),
+    ("augment", "augment.name"),
 )
 
 

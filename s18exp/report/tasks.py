@@ -49,6 +49,7 @@ class TaskSpec:
     wandb_bars: tuple[tuple[str, tuple[str, ...]], ...]  # (title, summary keys) of W&B bar plots
     wandb_media: tuple[str, ...]  # keys of logged images
     notes: tuple[str, ...] = field(default_factory=tuple)
+    time_curve: Curve | None = None  # the metric drawn against cumulative training seconds (time to quality)
 
 
 SEGMENTATION_CLASSES = ("pet", "background", "border")
@@ -94,6 +95,7 @@ UNET = TaskSpec(
         "Losses of different loss functions (BCE vs Dice) are on different scales and cannot be compared; "
         "the test metrics come from the same confusion matrix for every run and can.",
     ),
+    time_curve=Curve("val/miou", "validation mIoU"),
 )
 
 VAE = TaskSpec(

@@ -1,4 +1,9 @@
-"""The UNet task: Oxford-IIIT Pet trimap segmentation, trained with BCE or Dice, scored on common metrics."""
+"""The UNet task: Oxford-IIIT Pet trimap segmentation, trained with BCE or Dice, scored on common metrics.
+
+Training batches go through the `augment` config's `PairAugment` (s18exp/augment.py). Validation scores
+the resized masks at training resolution (cheap, and compared only with itself, epoch to epoch); the test
+split is scored at each image's original resolution, with the `eval.tta` test-time augmentation.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from s18exp.augment import PairAugment
 from s18exp.data import Batches, TensorSplit
 from s18exp.errors import UserError, instantiate
 from s18exp.distributed import all_reduce_sum
@@ -21,9 +28,30 @@ from s18exp.tracking import Tracker
 
 PREDICTION_IMAGES = 8
 PREDICTION_SEED = 0  # not the run's seed: every run shows the same test images
+TTA_MODES = ("none", "flip")
+
+
+def tta_mode(value: object, key: str = "eval.tta") -> str:
+    """`value` when it names a test-time augmentation, else a UserError naming `key`."""
+    if value not in TTA_MODES:
+        raise UserError(f"{key}={value!r} is not one of {'|'.join(TTA_MODES)}; e.g. {key}=flip")
+    return str(value)
+
+
+def upsampled_classes(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Class indices (H, W) at `size` from one image's logits (C, h, w): the logits are resized bilinearly
+    before the argmax, so that mask edges follow the image rather than a blocky upscaled label map."""
+    resized = F.interpolate(logits[None].float(), size=tuple(size), mode="bilinear", align_corners=False)
+    return resized[0].argmax(0)
 
 
 class SegmentationTask:
+    """The UNet's data, model, training loss and scoring.
+
+    A config without `augment` (`~augment` on the command line, or a checkpoint's config from before
+    augmentation was configurable) trains without augmentation; one without `eval.tta` tests with `flip`.
+    """
+
     name = "unet"
     monitor = "miou"
     monitor_mode = "max"
@@ -38,6 +66,9 @@ class SegmentationTask:
         self.class_names = CLASS_SCHEMES[cfg.data.classes][0]
         self.mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        augment = cfg.get("augment")
+        self.augmenter: PairAugment = PairAugment() if augment is None else instantiate(augment)
+        self.tta = tta_mode(OmegaConf.select(cfg, "eval.tta", default="flip"))
 
     def build_data(self) -> Any:
         return instantiate(self.cfg.data, cache_dir=self.cfg.paths.cache_dir)
@@ -67,24 +98,31 @@ class SegmentationTask:
         mean, std = self.mean.to(images.device), self.std.to(images.device)
         return (images.float() / 255 - mean) / std
 
-    def augment(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """A horizontal flip of half the samples, the same flip for an image and its mask.
-
-        Draws from torch's global RNG, which run.py seeds and checkpoints save, so resumed runs repeat it.
-        """
-        flip = torch.rand(len(images)) < 0.5
-        flip = flip.to(images.device)
-        images = torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
-        masks = torch.where(flip.view(-1, 1, 1), masks.flip(-1), masks)
-        return images, masks
-
-    def training_loss(self, model: nn.Module, images: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-        images, masks = self.augment(images, masks)
+    def training_loss(self, model: nn.Module, images: torch.Tensor, masks: torch.Tensor, progress: float = 1.0) -> torch.Tensor:
+        """The criterion on an augmented batch; the same at every point of training, whatever `progress`."""
+        images, masks = self.augmenter(images, masks)
         return self.criterion(model(self.normalize(images)), masks)
+
+    def logits(self, model: nn.Module, images: torch.Tensor, runtime: Runtime, tta: str = "none") -> torch.Tensor:
+        """float32 logits (N, C, H, W) of uint8 images on the device, at the images' resolution.
+
+        tta=flip: the mean of the logits of each image and of its mirror image, mirrored back; both go
+        through the model as one batch of 2N (the model must be in eval mode, so that samples stay independent).
+        """
+        batch = self.normalize(images)
+        if tta == "flip":
+            batch = torch.cat([batch, batch.flip(-1)])
+        with runtime.autocast():
+            logits = model(batch).float()
+        if tta == "flip":
+            plain, mirrored = logits.chunk(2)
+            logits = (plain + mirrored.flip(-1)) / 2
+        return logits
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Batches, runtime: Runtime) -> dict[str, float]:
-        """Mean loss and the confusion-matrix scores over the whole split."""
+        """Mean loss and the confusion-matrix scores over the whole split, at training resolution against the
+        resized masks, without test-time augmentation: the fast check of every epoch (see `test`)."""
         model.eval()
         confusion = ConfusionMatrix(len(self.class_names), runtime.device)
         loss_sum = torch.zeros((), device=runtime.device)
@@ -100,17 +138,39 @@ class SegmentationTask:
         return {"loss": (loss_sum / len(batches.split)).item(), **scores}
 
     @torch.no_grad()
-    def predict(self, model: nn.Module, images: torch.Tensor, runtime: Runtime) -> torch.Tensor:
-        """uint8 images (N, 3, H, W) -> predicted class indices (N, H, W) on the CPU."""
+    def test(self, model: nn.Module, batches: Batches, runtime: Runtime) -> dict[str, float]:
+        """The scores of `evaluate`, but at each image's original resolution and with `eval.tta`.
+
+        Logits at training resolution (averaged with the mirror image's when tta=flip) are resized bilinearly
+        to the size of the image's original mask (`full_targets` of the split), then the argmax is counted
+        against that mask. The loss stays the criterion's at training resolution, on the same logits.
+        """
         model.eval()
-        with runtime.autocast():
-            logits = model(self.normalize(images.to(runtime.device)))
-        return logits.argmax(1).cpu()
+        split = batches.split
+        confusion = ConfusionMatrix(len(self.class_names), runtime.device)
+        loss_sum = torch.zeros((), device=runtime.device)
+        for index in batches.index_batches():
+            images, masks = runtime.to_device(split.images[index], split.targets[index])
+            logits = self.logits(model, images, runtime, self.tta)
+            loss_sum += self.criterion(logits, masks) * len(images)
+            for k, image_logits in zip(index.tolist(), logits):
+                full = split.full_targets[k].to(runtime.device)
+                confusion.update(upsampled_classes(image_logits, full.shape), full)
+        counts = all_reduce_sum(confusion.counts, runtime.dist)
+        loss_sum = all_reduce_sum(loss_sum, runtime.dist)
+        scores = segmentation_scores(counts.view(confusion.num_classes, -1).cpu(), self.class_names)
+        return {"loss": (loss_sum / len(split)).item(), **scores}
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, images: torch.Tensor, runtime: Runtime) -> torch.Tensor:
+        """uint8 images (N, 3, H, W) -> predicted class indices (N, H, W) on the CPU, with `eval.tta`."""
+        model.eval()
+        return self.logits(model, images.to(runtime.device), runtime, self.tta).argmax(1).cpu()
 
     def finalize(self, model: nn.Module, data: Any, runtime: Runtime, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
         """After testing: predictions.png, the same 8 test images for every run (image | truth | prediction).
 
-        Returns the entries it adds to summary.json (none for this task).
+        Returns the entries it adds to summary.json: `test_scoring`, how the test scores were computed.
         """
         test: TensorSplit = data.test
         count = min(PREDICTION_IMAGES, len(test))
@@ -136,4 +196,4 @@ class SegmentationTask:
         atomic_save_image(grid, run_dir / "predictions.png")
         if wandb_images and wandb_images[0] is not None:
             tracker.log({"test/predictions": wandb_images})
-        return {}
+        return {"test_scoring": f"original resolution, tta={self.tta}; test/loss at training resolution"}

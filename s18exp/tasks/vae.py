@@ -2,8 +2,15 @@
 
 Metrics, in nats per image over a whole split: `elbo` (the negative ELBO, recon + kl, lower is better;
 `task.beta` weighs the KL in the training loss only), `recon` (-log p(x|z) for one z drawn from q(z|x, y))
-and `kl`. At the end, `finalize` draws the pictures (wrong_labels.png, reconstructions.png, samples.png)
-and scores the wrong-label outputs of the whole test split with the judge classifier.
+and `kl`. At the end, `finalize` draws the pictures (wrong_labels.png, label_sweep.png,
+reconstructions.png, samples.png) and scores the whole test split with the judge classifier:
+
+- `test/label_follow_acc`: each test image fed with a wrong label; the share of outputs read as that label;
+- `test/input_keep_acc`: the share of those outputs read as the input's true label instead;
+- `test/recon_judge_acc`: each test image fed with its TRUE label; the share of reconstructions read as it.
+  A ceiling for label follow set by how legible the decoder's outputs are at all;
+- `test/sample_follow_acc`: z ~ N(0, I) decoded with label k, as many samples as test images, the labels
+  cycling through the classes; the share read as k. The ceiling of the label alone, with no input to keep.
 """
 
 from __future__ import annotations
@@ -35,7 +42,13 @@ SAMPLES_PER_CLASS = 8
 MAX_PICTURE_CLASSES = 20  # rows of samples.png, columns of reconstructions.png
 TILE_PIXELS = 128  # tiles are enlarged (nearest) to about this size, so that captions fit under them
 CAPTION_HEIGHT = 14  # captions in a 10-pixel font: "automobile → airplane" fits under a 128-pixel tile
-FILES = {"wrong_labels": "wrong_labels.png", "reconstructions": "reconstructions.png", "samples": "samples.png"}
+SWEEP_ROWS = 10  # label_sweep.png: test inputs, one per class while classes last
+FILES = {
+    "wrong_labels": "wrong_labels.png",
+    "label_sweep": "label_sweep.png",
+    "reconstructions": "reconstructions.png",
+    "samples": "samples.png",
+}
 
 
 def likelihood_for(loss: DictConfig) -> nn.Module:
@@ -106,6 +119,21 @@ class VAETask:
         if len(self.class_names) < 2:
             raise UserError(f"data={cfg.data.name} has {len(self.class_names)} class; a wrong label needs at least 2 classes")
         self.beta = float(cfg.task.beta)
+        self.beta_start = float(cfg.task.get("beta_start", self.beta))
+        self.beta_warmdown = float(cfg.task.get("beta_warmdown", 0.0))
+        if not (self.beta_start >= 0 and 0 <= self.beta_warmdown <= 1):
+            raise UserError(
+                f"task.beta_start={self.beta_start} / task.beta_warmdown={self.beta_warmdown} are out of range; "
+                f"beta_start >= 0 and beta_warmdown a fraction of training in [0, 1], e.g. task.beta_start=8 task.beta_warmdown=0.3"
+            )
+        self.prior_z_share = float(cfg.task.get("prior_z_share", 0.0))
+        if not 0 <= self.prior_z_share <= 1:
+            raise UserError(f"task.prior_z_share={self.prior_z_share} is not a probability; e.g. task.prior_z_share=0.25")
+        noise = float(cfg.task.get("encoder_label_noise", 0.0))
+        if not 0 <= noise <= 1:
+            raise UserError(f"task.encoder_label_noise={noise} is not a probability; e.g. task.encoder_label_noise=0.5")
+        # Only `both` feeds the label to the encoder; elsewhere there is no encoder label to make noisy.
+        self.encoder_label_noise = noise if cfg.model.condition == "both" else 0.0
 
     @property
     def num_classes(self) -> int:
@@ -144,11 +172,36 @@ class VAETask:
         """uint8 images -> floats in [0, 1], channels_last: the encoder's input and the likelihood's target."""
         return (images.float() / 255).contiguous(memory_format=torch.channels_last)
 
-    def training_loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The beta-weighted negative ELBO, mean over the batch, in nats per image."""
+    def beta_at(self, progress: float) -> float:
+        """The KL weight at `progress` (0 at the first step, 1 at the end of training): `task.beta_start`
+        falling linearly to `task.beta` over the first `task.beta_warmdown` of training, then `task.beta`."""
+        if self.beta_warmdown <= 0 or progress >= self.beta_warmdown:
+            return self.beta
+        return self.beta_start + (self.beta - self.beta_start) * progress / self.beta_warmdown
+
+    def encoder_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """The labels the encoder trains with: each replaced by a uniformly random class with probability
+        `task.encoder_label_noise` (drawn from torch's global generator, which checkpoints save)."""
+        if self.encoder_label_noise <= 0:
+            return labels
+        noisy = torch.rand(len(labels)) < self.encoder_label_noise
+        random = torch.randint(0, self.num_classes, (len(labels),))
+        return torch.where(noisy.to(labels.device), random.to(labels.device), labels)
+
+    def prior_rows(self, count: int, device: torch.device) -> torch.Tensor | None:
+        """Which rows of a batch decode a z from the prior: each with probability `task.prior_z_share`
+        (drawn from torch's global generator, which checkpoints save); None when the share is 0."""
+        if self.prior_z_share <= 0:
+            return None
+        return (torch.rand(count) < self.prior_z_share).to(device)
+
+    def training_loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, progress: float = 1.0) -> torch.Tensor:
+        """The negative ELBO with the KL weighted by `beta_at(progress)`, mean over the batch, in nats per image;
+        the rows of `prior_rows` are decoded from a prior z (their reconstruction term then teaches the decoder
+        to draw the label's class from any z)."""
         x = self.to_input(images)
-        logits, mu, logvar = model(x, labels)
-        return (self.likelihood(logits, x) + self.beta * gaussian_kl(mu, logvar)).mean()
+        logits, mu, logvar = model(x, labels, self.encoder_labels(labels), self.prior_rows(len(x), x.device))
+        return (self.likelihood(logits, x) + self.beta_at(progress) * gaussian_kl(mu, logvar)).mean()
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Batches, runtime: Runtime) -> dict[str, float]:
@@ -184,15 +237,28 @@ class VAETask:
         return torch.cat(result) if result else images[:0].clone()
 
     @torch.no_grad()
-    def samples(self, model: nn.Module, classes: list[int], runtime: Runtime, seed: int = PICTURE_SEED) -> torch.Tensor:
-        """SAMPLES_PER_CLASS decoder means per class from z ~ N(0, I); column k uses the same z in every row."""
+    def decode_means(self, model: nn.Module, z: torch.Tensor, labels: torch.Tensor, runtime: Runtime, batch_size: int = 500) -> torch.Tensor:
+        """The decoder's mean images for latent codes `z` and `labels`, as uint8 images on the CPU."""
         model = unwrap(model)
         model.eval()
-        z = torch.randn(SAMPLES_PER_CLASS, model.latent_dim, generator=torch.Generator().manual_seed(seed))
-        z = z.repeat(len(classes), 1).to(runtime.device)
-        labels = torch.tensor(classes).repeat_interleave(SAMPLES_PER_CLASS).to(runtime.device)
-        with runtime.autocast():
-            return to_pixels(torch.sigmoid(model.decode(z, labels).float()))
+        result = []
+        for start in range(0, len(labels), batch_size):
+            z_part, labels_part = z[start : start + batch_size], labels[start : start + batch_size]
+            with runtime.autocast():
+                logits = model.decode(z_part.to(runtime.device), labels_part.to(runtime.device))
+            result.append(to_pixels(torch.sigmoid(logits.float())))
+        return torch.cat(result)
+
+    def samples(self, model: nn.Module, classes: list[int], runtime: Runtime, seed: int = PICTURE_SEED) -> torch.Tensor:
+        """SAMPLES_PER_CLASS decoder means per class from z ~ N(0, I); column k uses the same z in every row."""
+        z = torch.randn(SAMPLES_PER_CLASS, unwrap(model).latent_dim, generator=torch.Generator().manual_seed(seed))
+        labels = torch.tensor(classes).repeat_interleave(SAMPLES_PER_CLASS)
+        return self.decode_means(model, z.repeat(len(classes), 1), labels, runtime)
+
+    def samples_for(self, model: nn.Module, labels: torch.Tensor, runtime: Runtime, seed: int = EVAL_SEED) -> torch.Tensor:
+        """One decoder mean per label, each from its own z ~ N(0, I) (seeded), as uint8 images on the CPU."""
+        z = torch.randn(len(labels), unwrap(model).latent_dim, generator=torch.Generator().manual_seed(seed))
+        return self.decode_means(model, z, labels, runtime)
 
     # ---- pictures and the judge's scores -----------------------------------------------------------------
 
@@ -218,6 +284,15 @@ class VAETask:
         right = grid(outputs, lambda i: f"{names[true[i]]} {to} {names[given[i]]}")
         return side_by_side(left, right, ["input (true label)", f"output (given a wrong label), captioned true {to} given"])
 
+    def label_sweep_figure(self, inputs: torch.Tensor, true: torch.Tensor, outputs: list[torch.Tensor], labels: list[int]) -> Image.Image:
+        """One row per input: the input, then its output under each label. Column titles name the label,
+        the first caption of a row the input's true class; the diagonal (true label) is a reconstruction."""
+        tiles = [[self._tile(inputs[r])] + [self._tile(out[r]) for out in outputs] for r in range(len(inputs))]
+        titles = ["input"] + [f"label {self.class_names[k]}" for k in labels]
+        captions = [[f"true: {self.class_names[true[r]]}"] + [""] * len(labels) for r in range(len(inputs))]
+        grid = captioned_grid(tiles, titles, captions, caption_height=CAPTION_HEIGHT)
+        return titled(grid, "each row: one test input (left), then the decoder's output for z = mu under each label (columns)")
+
     def judge_train_split(self, data: Any, limit: int | None) -> TensorSplit:
         """The judge's training images: the dataset's whole training split (or a seeded `limit` of it), whatever
         `data.limit_train` the VAE used, so that one judge serves every run of a dataset and size."""
@@ -237,6 +312,14 @@ class VAETask:
         inputs, true, given = test.images[index], test.targets[index], given_all[index]
         figure = self.wrong_labels_figure(inputs, self.outputs(model, inputs, given, runtime), true, given)
         atomic_save_image(figure, run_dir / FILES["wrong_labels"])
+
+        rows = torch.as_tensor(chosen[: min(SWEEP_ROWS, self.num_classes)], dtype=torch.long)
+        sweep_labels = list(range(min(self.num_classes, MAX_PICTURE_CLASSES)))
+        sweep_outputs = [
+            self.outputs(model, test.images[rows], torch.full((len(rows),), k, dtype=torch.long), runtime) for k in sweep_labels
+        ]
+        sweep_figure = self.label_sweep_figure(test.images[rows], test.targets[rows], sweep_outputs, sweep_labels)
+        atomic_save_image(sweep_figure, run_dir / FILES["label_sweep"])
 
         shown = chosen[: min(self.num_classes, MAX_PICTURE_CLASSES)]
         index = torch.as_tensor(shown, dtype=torch.long)
@@ -265,20 +348,38 @@ class VAETask:
         )
         judged_real = classify(judge, test.images, runtime)
         judged_wrong = classify(judge, self.outputs(model, test.images, given_all, runtime), runtime)
+        judged_recon = classify(judge, self.outputs(model, test.images, test.targets, runtime), runtime)
+        sample_labels = torch.arange(len(test)) % self.num_classes
+        judged_samples = classify(judge, self.samples_for(model, sample_labels, runtime), runtime)
         scores = {
             "judge/test_acc": float((judged_real == test.targets).double().mean()),
             "test/label_follow_acc": float((judged_wrong == given_all).double().mean()),
             "test/input_keep_acc": float((judged_wrong == test.targets).double().mean()),
+            "test/recon_judge_acc": float((judged_recon == test.targets).double().mean()),
+            "test/sample_follow_acc": float((judged_samples == sample_labels).double().mean()),
         }
         tracker.log(
             {
                 **scores,
                 "test/wrong_labels": tracker.image(figure, caption="input | output given a wrong label"),
+                "test/label_sweep": tracker.image(sweep_figure, caption="rows: test inputs; columns: the input, then its output under each label"),
                 "test/reconstructions": tracker.image(recon_figure),
                 "test/samples": tracker.image(sample_figure, caption="z ~ N(0, I), one row per class"),
             }
         )
         return scores
+
+
+def titled(picture: Image.Image, title: str, title_height: int = 20) -> Image.Image:
+    """`picture` on white under a one-line title, its font shrunk until the title fits the width."""
+    canvas = Image.new("RGB", (picture.width, picture.height + title_height), "white")
+    draw = ImageDraw.Draw(canvas)
+    size = 12
+    while size > 6 and draw.textlength(title, font=font(size)) > picture.width - 8:
+        size -= 1
+    draw.text((4, 4), title, fill="black", font=font(size))
+    canvas.paste(picture, (0, title_height))
+    return canvas
 
 
 def side_by_side(left: Image.Image, right: Image.Image, titles: list[str], gap: int = 24, title_height: int = 20) -> Image.Image:

@@ -1,0 +1,219 @@
+"""The UNet's test scoring at each image's original resolution, flip test-time augmentation, and predict.
+
+Expected scores are computed here without the task: logits of a model stub by numpy, a bilinear resize
+(half-pixel centres, edges clamped) written out by hand, argmax, a confusion matrix by np.bincount.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import TinyPets
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from PIL import Image
+from torch import nn
+
+from s18exp import predict
+from s18exp.data import Batches
+from s18exp.data.pets import IMAGENET_MEAN, IMAGENET_STD, PetsData
+from s18exp.errors import UserError
+from s18exp.loop import Runtime
+from s18exp.paths import CONFIG_DIR
+from s18exp.tasks.segmentation import SegmentationTask
+
+SIZE = 32
+CPU = Runtime(torch.device("cpu"), "fp32", channels_last=False)
+
+
+def compose_config(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(
+            config_name="config",
+            overrides=["wandb.mode=disabled", "model.width=4", "model.depth=2", f"data.image_size={SIZE}", *overrides],
+        )
+
+
+class PixelwiseWithRamp(nn.Module):
+    """Logits = a fixed 1x1 convolution of the image plus a left-to-right ramp per class: not mirror-symmetric,
+    so that a flip TTA changes them, and simple enough to compute with numpy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.weight = nn.Parameter(torch.randn(3, 3, generator=g))
+        self.bias = nn.Parameter(torch.tensor([0.2, 0.0, -0.6]))
+        self.ramp = nn.Parameter(torch.tensor([1.5, -1.0, 0.3]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ramp = torch.linspace(-1, 1, x.shape[-1]).view(1, 1, 1, -1) * self.ramp.view(1, 3, 1, 1)
+        return torch.einsum("oc,nchw->nohw", self.weight, x) + self.bias.view(1, 3, 1, 1) + ramp
+
+
+def numpy_logits(model: PixelwiseWithRamp, image: np.ndarray) -> np.ndarray:
+    """(C, h, w) logits of one uint8 (3, h, w) image."""
+    x = (image.astype(np.float64) / 255 - np.array(IMAGENET_MEAN)[:, None, None]) / np.array(IMAGENET_STD)[:, None, None]
+    w, b, r = (p.detach().double().numpy() for p in (model.weight, model.bias, model.ramp))
+    ramp = np.linspace(-1, 1, image.shape[-1])[None, None, :] * r[:, None, None]
+    return np.einsum("oc,chw->ohw", w, x) + b[:, None, None] + ramp
+
+
+def numpy_flip_tta(model: PixelwiseWithRamp, image: np.ndarray) -> np.ndarray:
+    return (numpy_logits(model, image) + numpy_logits(model, image[:, :, ::-1])[:, :, ::-1]) / 2
+
+
+def resize_axis(values: np.ndarray, size: int, axis: int) -> np.ndarray:
+    """Bilinear resize of one axis: output i samples input (i + 0.5) * n / size - 0.5, clamped to the edges."""
+    n = values.shape[axis]
+    source = np.clip((np.arange(size) + 0.5) * n / size - 0.5, 0, n - 1)
+    low = np.floor(source).astype(int)
+    high = np.minimum(low + 1, n - 1)
+    frac = source - low
+    shape = [1] * values.ndim
+    shape[axis] = size
+    return np.take(values, low, axis=axis) * (1 - frac.reshape(shape)) + np.take(values, high, axis=axis) * frac.reshape(shape)
+
+
+def expected_scores(model: PixelwiseWithRamp, data: PetsData, tta: str) -> dict[str, float]:
+    counts = np.zeros(9, dtype=np.int64)
+    for image, full in zip(data.test.images.numpy(), data.test.full_targets):
+        logits = numpy_flip_tta(model, image) if tta == "flip" else numpy_logits(model, image)
+        height, width = full.shape
+        predicted = resize_axis(resize_axis(logits, height, 1), width, 2).argmax(0)
+        counts += np.bincount(full.numpy().astype(np.int64).ravel() * 3 + predicted.ravel(), minlength=9)
+    m = counts.reshape(3, 3).astype(float)
+    tp = np.diag(m)
+    iou = tp / (m.sum(0) + m.sum(1) - tp)
+    return {"miou": iou.mean(), "pixel_acc": tp.sum() / m.sum(), **{f"iou_{c}": v for c, v in zip(("pet", "background", "border"), iou)}}
+
+
+@pytest.fixture(scope="module")
+def pets(tiny_pets: TinyPets) -> PetsData:
+    return PetsData(str(tiny_pets.root), image_size=SIZE, download=False, cache=False)
+
+
+@pytest.mark.parametrize("tta", ["none", "flip"])
+def test_test_scores_match_an_independent_original_resolution_calculation(pets: PetsData, tta: str) -> None:
+    # BCE: a mean over pixels, so the batch-weighted test loss equals the criterion over the whole split
+    task = SegmentationTask(compose_config(f"eval.tta={tta}", "loss=bce"))
+    model = PixelwiseWithRamp()
+    scores = task.test(model, Batches(pets.test, batch_size=3), CPU)
+    expected = expected_scores(model, pets, tta)
+    for key, value in expected.items():
+        assert scores[key] == pytest.approx(value, abs=1e-9), key
+    # the loss stays the criterion's at training resolution, on the same logits
+    logits = torch.from_numpy(np.stack([numpy_flip_tta(model, i) if tta == "flip" else numpy_logits(model, i) for i in pets.test.images.numpy()]))
+    assert scores["loss"] == pytest.approx(float(task.criterion(logits.float(), pets.test.targets)), rel=1e-5)
+
+
+def test_original_resolution_scores_differ_from_training_resolution_ones(pets: PetsData) -> None:
+    """The fixture's originals are 29 to 80 pixels wide: scoring them is not scoring the 32 x 32 masks."""
+    task = SegmentationTask(compose_config("eval.tta=none"))
+    model = PixelwiseWithRamp()
+    batches = Batches(pets.test, batch_size=4)
+    assert task.test(model, batches, CPU)["miou"] != pytest.approx(task.evaluate(model, batches, CPU)["miou"], abs=1e-6)
+
+
+def test_flip_tta_is_the_mean_of_the_logits_and_the_mirrored_logits_of_the_mirror_image(pets: PetsData) -> None:
+    task = SegmentationTask(compose_config())
+    model = PixelwiseWithRamp()
+    images = pets.test.images[:4]
+    with torch.no_grad():
+        plain = model(task.normalize(images))
+        mirrored = model(task.normalize(images.flip(-1))).flip(-1)
+        averaged = task.logits(model, images, CPU, "flip")
+        assert torch.allclose(averaged, (plain + mirrored) / 2, atol=1e-6)
+        assert torch.allclose(task.logits(model, images, CPU, "none"), plain)
+    assert not torch.allclose(averaged, plain, atol=1e-3)  # the stub is not mirror-symmetric
+
+
+def test_eval_tta_defaults_to_flip_and_is_validated() -> None:
+    assert SegmentationTask(compose_config()).tta == "flip"
+    resolved = OmegaConf.to_container(compose_config(), resolve=True)
+    without = OmegaConf.create({k: v for k, v in resolved.items() if k not in ("eval", "augment")})
+    old_checkpoint_task = SegmentationTask(without)  # a checkpoint's config from before eval.tta and augment
+    assert old_checkpoint_task.tta == "flip"
+    assert not (old_checkpoint_task.augmenter.geometric or old_checkpoint_task.augmenter.colour or old_checkpoint_task.augmenter.flip_prob)
+    with pytest.raises(UserError) as info:
+        SegmentationTask(compose_config("eval.tta=rotate"))
+    assert str(info.value).startswith("eval.tta='rotate' is not one of none|flip")
+
+
+# --- predict ------------------------------------------------------------------------------------------
+
+
+def write_checkpoint(path: Path, cfg) -> nn.Module:
+    task = SegmentationTask(cfg)
+    torch.manual_seed(0)
+    model = task.build_model()
+    torch.save({"config": OmegaConf.to_container(cfg, resolve=True), "model": model.state_dict()}, path)
+    return model
+
+
+def test_predict_writes_the_original_resolution_argmax_of_the_tta_logits(tiny_pets: TinyPets, tmp_path: Path) -> None:
+    cfg = compose_config(f"data.root={tiny_pets.root}")
+    model = write_checkpoint(tmp_path / "best.pt", cfg).eval()
+    task = SegmentationTask(cfg)
+    name = tiny_pets.test[0]
+    with Image.open(tiny_pets.image_file(name)) as im:
+        rgb = im.convert("RGB")
+    resized = torch.from_numpy(np.asarray(rgb.resize((SIZE, SIZE), Image.BILINEAR)).copy()).permute(2, 0, 1)
+    for tta in ("none", "flip"):
+        out = tmp_path / tta
+        assert predict.main([f"ckpt={tmp_path / 'best.pt'}", f"input={tiny_pets.image_file(name)}", f"output={out}", f"tta={tta}"]) == 0
+        with torch.no_grad():
+            logits = model(task.normalize(resized[None]))[0].double().numpy()
+            if tta == "flip":
+                logits = (logits + model(task.normalize(resized[None].flip(-1)))[0].flip(-1).double().numpy()) / 2
+        classes = resize_axis(resize_axis(logits, rgb.height, 1), rgb.width, 2).argmax(0)
+        written = np.asarray(Image.open(out / f"{name}.png"))
+        assert written.shape == (rgb.height, rgb.width)
+        assert (written == np.array([1, 2, 3])[classes]).mean() > 0.999  # float32 vs float64 may flip a tie
+
+
+def test_predict_takes_tta_from_the_checkpoint_and_refuses_an_unknown_one(tiny_pets: TinyPets, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    write_checkpoint(tmp_path / "none.pt", compose_config("eval.tta=none"))
+    task, _, _ = predict.load_model(tmp_path / "none.pt", torch.device("cpu"))
+    assert task.tta == "none"
+    image = tiny_pets.image_file(tiny_pets.test[0])
+    assert predict.main([f"ckpt={tmp_path / 'none.pt'}", f"input={image}", f"output={tmp_path / 'out'}", "tta=twice"]) == 2
+    assert "tta='twice' is not one of none|flip" in capsys.readouterr().err
+
+
+
+def test_predict_scores_its_masks_against_trimaps_with_truth(tiny_pets: TinyPets, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    write_checkpoint(tmp_path / "best.pt", compose_config(f"data.root={tiny_pets.root}"))
+    images = tmp_path / "images"
+    images.mkdir()
+    names = tiny_pets.test[:3]
+    for name in names:
+        (images / tiny_pets.image_file(name).name).write_bytes(tiny_pets.image_file(name).read_bytes())
+    truth = tiny_pets.base / "annotations" / "trimaps"
+    out = tmp_path / "out"
+    assert predict.main([f"ckpt={tmp_path / 'best.pt'}", f"input={images}", f"output={out}", f"truth={truth}"]) == 0
+    scores = json.loads((out / "scores.json").read_text())
+    # by hand: the written masks (trimap coding) against the trimaps, one confusion matrix over all pixels
+    counts = np.zeros((3, 3), dtype=np.int64)
+    for name in names:
+        written = np.asarray(Image.open(out / f"{name}.png")).astype(np.int64) - 1
+        true = np.asarray(Image.open(tiny_pets.trimap_file(name))).astype(np.int64) - 1
+        counts += np.bincount(true.ravel() * 3 + written.ravel(), minlength=9).reshape(3, 3)
+    tp = np.diag(counts)
+    iou = tp / (counts.sum(0) + counts.sum(1) - tp)
+    assert scores["images_scored"] == 3
+    assert scores["pixel_acc"] == pytest.approx(tp.sum() / counts.sum())
+    assert scores["miou"] == pytest.approx(np.nanmean(iou))
+    assert scores["iou_border"] == pytest.approx(iou[2], nan_ok=True)
+
+    # a trimap of another size is refused before anything is written, in one line
+    bad = tmp_path / "bad_truth"
+    bad.mkdir()
+    Image.fromarray(np.full((5, 7), 2, dtype=np.uint8)).save(bad / f"{names[0]}.png")
+    assert predict.main([f"ckpt={tmp_path / 'best.pt'}", f"input={images}", f"output={tmp_path / 'out2'}", f"truth={bad}"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert "is 7x5 but its image" in error[-1] and not (tmp_path / "out2").exists()
