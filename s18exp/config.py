@@ -6,8 +6,10 @@ from omegaconf import DictConfig
 
 from s18exp.errors import UserError
 from s18exp.loop import PRECISIONS
-from s18exp.lr_find import validate_settings
 from s18exp.tracking import MODES
+
+AUTO = "auto"  # the value of trainer.lr that asks for an LR range test before training (s18exp/lr_find.py)
+RULES = ("min_div10", "steepest")  # the LR range test's pick rules
 
 
 def _positive(cfg: DictConfig, key: str, kind: type = int, allow_none: bool = False) -> None:
@@ -27,13 +29,37 @@ def _choice(value: object, key: str, choices: tuple[str, ...]) -> None:
         raise UserError(f"{key}={value!r} is not one of {'|'.join(choices)}; e.g. {key}={choices[0]}")
 
 
+def _lr_find_settings(cfg: DictConfig) -> None:
+    """UserError naming the key, value and fix for a bad `trainer.lr_find` value (the LR range test's, s18exp/lr_find.py)."""
+    s = cfg.trainer.get("lr_find")
+    if s is None:
+        if cfg.trainer.lr == AUTO:
+            raise UserError("trainer.lr=auto needs the trainer.lr_find settings; restore them in conf/trainer/")
+        return
+    key = "trainer.lr_find"
+    for name, example in (("start_lr", 1e-6), ("end_lr", 1.0), ("diverge_factor", 4)):
+        value = s[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise UserError(f"{key}.{name}={value!r} must be a positive number; e.g. {key}.{name}={example}")
+    if s.end_lr <= s.start_lr:
+        raise UserError(f"{key}.end_lr={s.end_lr} must be above {key}.start_lr={s.start_lr}; e.g. {key}.end_lr=1.0")
+    if isinstance(s.num_steps, bool) or not isinstance(s.num_steps, int) or s.num_steps < 2:
+        raise UserError(f"{key}.num_steps={s.num_steps!r} must be an integer of at least 2; e.g. {key}.num_steps=100")
+    if isinstance(s.smooth, bool) or not isinstance(s.smooth, (int, float)) or not 0 <= s.smooth < 1:
+        raise UserError(f"{key}.smooth={s.smooth!r} must be in [0, 1) (0 = no smoothing); e.g. {key}.smooth=0.9")
+    if s.diverge_factor <= 1:
+        raise UserError(f"{key}.diverge_factor={s.diverge_factor} must be above 1; e.g. {key}.diverge_factor=4")
+    if s.rule not in RULES:
+        raise UserError(f"{key}.rule={s.rule!r} is not one of {'|'.join(RULES)}; e.g. {key}.rule={RULES[0]}")
+
+
 def validate(cfg: DictConfig) -> None:
     """Raise UserError naming the key, the value and the fix for the first bad value found."""
     _positive(cfg, "trainer.max_epochs")
     _positive(cfg, "trainer.batch_size")
-    if cfg.trainer.lr != "auto":  # auto: the LR range test picks it (s18exp/lr_find.py)
+    if cfg.trainer.lr != AUTO:  # auto: the LR range test picks it (s18exp/lr_find.py)
         _positive(cfg, "trainer.lr", float)
-    validate_settings(cfg)
+    _lr_find_settings(cfg)
     _positive(cfg, "trainer.grad_clip", float, allow_none=True)
     _positive(cfg, "data.image_size")
     for split in ("train", "val", "test"):

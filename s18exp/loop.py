@@ -138,6 +138,13 @@ class TrainState:
     partial_seconds: float = 0.0
 
 
+def seed_everything(seed: int) -> None:
+    """Seeds Python's, NumPy's and torch's generators (model init, data order, augmentation)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available():

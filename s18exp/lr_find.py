@@ -72,9 +72,8 @@ from s18exp.errors import UserError
 from s18exp.io import atomic_save_image, atomic_write_json
 from s18exp.loop import Runtime, rng_state, set_rng_state
 from s18exp.paths import CONFIG_DIR
+from s18exp.config import AUTO, RULES, validate
 
-AUTO = "auto"  # the value of trainer.lr that asks for a range test before training
-RULES = ("min_div10", "steepest")
 JSON_FILE = "lr_find.json"
 PNG_FILE = "lr_find.png"
 STEEPEST_SKIP = 0.1  # share of the first points the steepest rule ignores (the moving average is still young)
@@ -95,30 +94,6 @@ class Settings:
 
 def settings_from(trainer: DictConfig) -> Settings:
     return Settings(**trainer.lr_find)
-
-
-def validate_settings(cfg: DictConfig) -> None:
-    """UserError naming the key, value and fix for a bad `trainer.lr_find` value (called by config.validate)."""
-    s = cfg.trainer.get("lr_find")
-    if s is None:
-        if cfg.trainer.lr == AUTO:
-            raise UserError("trainer.lr=auto needs the trainer.lr_find settings; restore them in conf/trainer/")
-        return
-    key = "trainer.lr_find"
-    for name, example in (("start_lr", 1e-6), ("end_lr", 1.0), ("diverge_factor", 4)):
-        value = s[name]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise UserError(f"{key}.{name}={value!r} must be a positive number; e.g. {key}.{name}={example}")
-    if s.end_lr <= s.start_lr:
-        raise UserError(f"{key}.end_lr={s.end_lr} must be above {key}.start_lr={s.start_lr}; e.g. {key}.end_lr=1.0")
-    if isinstance(s.num_steps, bool) or not isinstance(s.num_steps, int) or s.num_steps < 2:
-        raise UserError(f"{key}.num_steps={s.num_steps!r} must be an integer of at least 2; e.g. {key}.num_steps=100")
-    if isinstance(s.smooth, bool) or not isinstance(s.smooth, (int, float)) or not 0 <= s.smooth < 1:
-        raise UserError(f"{key}.smooth={s.smooth!r} must be in [0, 1) (0 = no smoothing); e.g. {key}.smooth=0.9")
-    if s.diverge_factor <= 1:
-        raise UserError(f"{key}.diverge_factor={s.diverge_factor} must be above 1; e.g. {key}.diverge_factor=4")
-    if s.rule not in RULES:
-        raise UserError(f"{key}.rule={s.rule!r} is not one of {'|'.join(RULES)}; e.g. {key}.rule={RULES[0]}")
 
 
 @dataclass
@@ -453,9 +428,7 @@ def lr_find(cfg: DictConfig) -> Curve:
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import get_class
 
-    from s18exp.config import validate
-    from s18exp.loop import resolve_device, resolve_precision
-    from s18exp.run import seed_everything
+    from s18exp.loop import resolve_device, resolve_precision, seed_everything
 
     validate(cfg)
     if cfg.trainer.get("lr_find") is None:

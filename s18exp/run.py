@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -29,19 +27,14 @@ from s18exp.config import validate
 from s18exp.data import Batches
 from s18exp.errors import UserError
 from s18exp.io import atomic_link, atomic_write_json, remove_stale_temporaries
-from s18exp.loop import Runtime, fit, resolve_device, resolve_precision, truncate_metrics, unwrap
-from s18exp.lr_find import AUTO, log_to as log_lr_find, resolve_auto
+from s18exp.loop import Runtime, fit, resolve_device, resolve_precision, seed_everything, truncate_metrics
+from s18exp.config import AUTO
+from s18exp.lr_find import log_to as log_lr_find, resolve_auto
 from s18exp.stopping import Interrupted, StopRequest
 from s18exp.summary import example_input, totals as model_totals
 from s18exp.tracking import Tracker
 
 SUMMARY = "summary.json"
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def wandb_group(cfg: DictConfig) -> str:
