@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -16,40 +18,60 @@ from s18exp.paths import CONFIG_DIR
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def _hydra_main(cfg: DictConfig) -> float | None:
-    """Runs one job. Under a search (a sweeper with an `objective`, conf/hparams_search/) returns that
-    summary value for the sweeper to optimise, and raises instead of exiting when the run fails, so that
-    the search records the trial as failed and goes on."""
+    """Runs one job. A single run that fails exits 2 (bad input) or 1 (training failed). In a sweep a failed
+    job records why in its summary.json and the sweep goes on to the next job; at the end the sweep exits 1
+    naming the failed jobs (s18exp.hydra_callbacks.SweepOutcome). Under a search (a sweeper with an
+    `objective`, conf/hparams_search/) returns that summary value for the sweeper to optimise, and raises
+    instead when the run fails, so that the search records the trial as failed and goes on."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     from s18exp import console
-    from s18exp.errors import TrainingError, UserError
-    from s18exp.run import run
+    from s18exp.errors import TrainingError, UserError, one_line
+    from s18exp.run import run, summary_stamp
     from s18exp.stopping import Interrupted
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     objective = OmegaConf.select(hydra_cfg, "sweeper.objective", default=None) if multirun else None
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    before = summary_stamp(run_dir)
     try:
         summary = run(cfg)
-    except UserError as exc:
-        console.error(str(exc))
-        if objective:
-            raise
-        sys.exit(2)
     except Interrupted as exc:
-        # Also ends a search: its trial stays unfinished in the study, and a rerun continues it.
+        # Also ends a sweep or a search: its trial stays unfinished in the study, and a rerun continues it.
         console.error(str(exc))
         sys.exit(exc.exit_code)
-    except TrainingError as exc:
+    except (UserError, TrainingError) as exc:
         console.error(str(exc))
+        if multirun:
+            job_failed(run_dir, cfg, one_line(exc), before)
         if objective:
             raise
-        # In a sweep the other jobs go on; the failed one says why in its summary.json.
         if not multirun:
-            sys.exit(1)
+            sys.exit(2 if isinstance(exc, UserError) else 1)
+        return None
+    except Exception as exc:
+        # An unforeseen error (a bug, the GPU out of memory): a single run shows its traceback; in a sweep the
+        # other jobs still go on, the traceback goes to this job's log file.
+        if not multirun:
+            raise
+        console.error(f"{type(exc).__name__}: {one_line(exc)} (the traceback is in {run_dir}'s log file)")
+        logging.getLogger("s18exp").error("the job failed", exc_info=exc)
+        job_failed(run_dir, cfg, f"{type(exc).__name__}: {one_line(exc)}", before)
+        if objective:
+            raise
         return None
     return objective_value(summary, objective) if objective else None
+
+
+def job_failed(run_dir: Path, cfg: DictConfig, reason: str, stamp_before: object) -> None:
+    """A sweep job failed: unless `run` already wrote its summary.json, write one that says why, so that the
+    sweep's exit status and report name the job (s18exp.hydra_callbacks.SweepOutcome); the others go on."""
+    from s18exp.run import record_failure, summary_stamp
+
+    if distributed.init().is_main and summary_stamp(run_dir) == stamp_before:
+        record_failure(run_dir, cfg, reason)
 
 
 def objective_value(summary: dict[str, Any], key: str) -> float:

@@ -37,10 +37,16 @@ def init() -> Dist:
     """Join the process group that torchrun describes in the environment (once); a single process otherwise."""
     if not launched_by_torchrun():
         return Dist()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not torch_dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch_dist.init_process_group(backend)
-    return Dist(torch_dist.get_rank(), torch_dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        if torch.cuda.is_available():
+            # Before the process group exists: NCCL binds each rank to the current device, and without this
+            # every rank of a node would sit on GPU 0 ("Duplicate GPU detected").
+            torch.cuda.set_device(local_rank)
+            torch_dist.init_process_group("nccl", device_id=torch.device("cuda", local_rank))
+        else:
+            torch_dist.init_process_group("gloo")
+    return Dist(torch_dist.get_rank(), torch_dist.get_world_size(), local_rank)
 
 
 def _all_reduce(tensor: torch.Tensor, op: torch_dist.ReduceOp) -> torch.Tensor:

@@ -11,6 +11,11 @@ class TrainingError(Exception):
     """Training cannot go on (e.g. a non-finite loss); the message says where and what to change."""
 
 
+def one_line(exc: BaseException) -> str:
+    """The exception's message on one line (hydra's instantiate, among others, spreads its over several)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def find_user_error(exc: BaseException) -> UserError | None:
     """The UserError that `exc` is or was raised from (hydra's instantiate wraps what a constructor raises)."""
     cause: BaseException | None = exc

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 from s18exp import console
+from s18exp.checkpoint import load_checkpoint
 from s18exp.errors import UserError
 from s18exp.loop import Runtime
 from s18exp.tasks.vae import VAETask, other_labels
@@ -63,16 +63,12 @@ def load(ckpt: Path, device: torch.device, root: str | None) -> tuple[VAETask, t
     """The task (config and class names from the checkpoint) and the trained model, in eval mode."""
     if not ckpt.is_file():
         raise UserError(f"ckpt={ckpt} does not exist; give RUN_DIR/checkpoints/best.pt of a finished task=vae run")
-    state = torch.load(ckpt, map_location=device, weights_only=False)
-    cfg = OmegaConf.create(state.get("config", {}))
-    if OmegaConf.select(cfg, "task._target_") != f"{VAETask.__module__}.{VAETask.__name__}":
+    task, model, cfg, _ = load_checkpoint(ckpt, device)
+    if not isinstance(task, VAETask):
         raise UserError(f"ckpt={ckpt} is not a task=vae checkpoint; generate needs a VAE")
     if root is not None:
         cfg.data.root = root
-    task = VAETask(cfg, class_names=state["class_names"])
-    model = task.build_model()
-    model.load_state_dict(state["model"])
-    return task, model.to(device).eval()
+    return task, model
 
 
 def resolve_label(value: str, class_names: list[str]) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import random
 import time
 from dataclasses import asdict, dataclass, field
@@ -54,6 +55,7 @@ class Runtime:
     precision: str  # bf16 | fp16 | fp32, already resolved
     channels_last: bool
     dist: Dist = field(default_factory=Dist)
+    deterministic: bool = False  # trainer.deterministic: no cuDNN autotuning (see set_deterministic)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "fp32":
@@ -73,7 +75,9 @@ class Runtime:
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its algorithms once
+            # Fixed shapes: let cuDNN time its algorithms once, unless runs must repeat bit for bit (the
+            # fastest algorithm can differ between timings).
+            torch.backends.cudnn.benchmark = not self.deterministic
         model = model.to(self.device)
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
 
@@ -138,6 +142,21 @@ class TrainState:
     partial_seconds: float = 0.0
 
 
+def set_deterministic(enabled: bool) -> None:
+    """`trainer.deterministic`: the same seed gives the same numbers on a GPU too, at some cost in speed.
+
+    Turns on `torch.use_deterministic_algorithms` (an op with no deterministic implementation warns, naming
+    itself, rather than stopping the run), cuDNN's deterministic mode without autotuning, and sets
+    `CUBLAS_WORKSPACE_CONFIG=:4096:8` (which cuBLAS needs for deterministic matmuls) unless the environment
+    already sets it. cuBLAS reads the variable when a process first uses it, so in a sweep of several jobs in
+    one process the first job's setting holds. False restores torch's defaults (a sweep may mix both)."""
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
+    torch.backends.cudnn.deterministic = enabled
+
+
 def seed_everything(seed: int) -> None:
     """Seeds Python's, NumPy's and torch's generators (model init, data order, augmentation)."""
     random.seed(seed)
@@ -146,15 +165,23 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every global generator's state as CPU tensors and plain values (what a weights_only load accepts)."""
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), int(position), int(has_gauss), float(cached_gaussian)),
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restores what `rng_state` returned; torch's and CUDA's states must be CPU ByteTensors."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    kind, keys, position, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -190,9 +217,13 @@ def optimizer_step(
     if grad_clip is not None:
         scaler.unscale_(optimizer)
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scale = scaler.get_scale()
     scaler.step(optimizer)
     scaler.update()
-    if scheduler is not None:
+    # Under fp16 the scaler skips the update of a step whose gradients overflowed (and lowers its scale); the
+    # schedule follows the updates that happened. The comparison reads the scale, a device sync, only under fp16.
+    skipped = scaler.is_enabled() and scaler.get_scale() < scale
+    if scheduler is not None and not skipped:
         scheduler.step()
 
 
@@ -252,7 +283,7 @@ def fit(
         scaler.load_state_dict(resume["scaler"])
         state = TrainState(**resume["train_state"])
         rngs = resume["rng"]
-        set_rng_state(rngs[dist.rank] if len(rngs) == dist.world_size else rngs[0])
+        set_rng_state(rngs[dist.rank])  # run.check_resumable made sure the checkpoint has one per rank
     better = (lambda a, b: a > b) if task.monitor_mode == "max" else (lambda a, b: a < b)
     checkpoints = run_dir / "checkpoints"
     stop = stop or StopRequest()

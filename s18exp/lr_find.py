@@ -11,8 +11,10 @@ and records the loss of every step. It is task-agnostic: the batch loss is the t
   of the last ~smooth/(1-smooth) steps, so it describes a smaller lr than step i's (a decade smaller with the
   defaults): each smoothed value is placed at the lr it averages, the same bias-corrected moving average of
   log(lr). That curve, without lag, is what the pick reads and the picture draws.
-- The test stops early when the smoothed loss exceeds `diverge_factor` times the best smoothed loss so far,
-  or when a loss is not finite. (A bounded loss such as Dice may never reach the factor; the test then runs
+- The test stops early when the smoothed loss rises above the best smoothed loss so far by more than
+  (`diverge_factor` - 1) times the best's magnitude (`current - best > (factor - 1) * |best|`: for a positive
+  best, `diverge_factor` times the best; a loss that can go negative, such as the VAE's Gaussian likelihood,
+  rises by the same share of its size), or when a loss is not finite. (A bounded loss such as Dice may never reach the factor; the test then runs
   to `end_lr`.)
 - It leaves no trace: the weights, BatchNorm buffers, the optimiser state (when one is passed in), the global
   RNGs (torch, CUDA, numpy, random) and the task's own generators are restored afterwards, and it draws its
@@ -145,6 +147,13 @@ def _generators(*objects: Any) -> list[torch.Generator]:
     return [g for obj in objects for g in vars(obj).values() if isinstance(g, torch.Generator)]
 
 
+def has_diverged(current: float, best: float, factor: float) -> bool:
+    """The smoothed loss has risen above its best by more than (factor - 1) x the best's magnitude:
+    `current > factor * best` for a positive best, and the same rise for a negative one (a Gaussian
+    likelihood can go below zero, where `factor * best` lies below the best itself)."""
+    return current - best > (factor - 1) * abs(best)
+
+
 def range_test(
     model: nn.Module,
     task: Any,
@@ -208,7 +217,7 @@ def range_test(
             smoothed.append(current)
             centres.append(math.exp(average_log_lr / correction))
             best = min(best, current)
-            if current > settings.diverge_factor * best:
+            if has_diverged(current, best, settings.diverge_factor):
                 diverged = True
                 break
     finally:

@@ -21,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig
 from PIL import Image
 
 from s18exp import console
+from s18exp.checkpoint import load_checkpoint
 from s18exp.data.pets import CLASS_SCHEMES, MASK_FILE_VALUES
 from s18exp.io import atomic_write_json
 from s18exp.metrics import ConfusionMatrix, segmentation_scores
@@ -66,15 +67,13 @@ def image_files(source: Path) -> list[Path]:
     return files
 
 
-def load_model(ckpt: Path, device: torch.device) -> tuple[SegmentationTask, torch.nn.Module, dict]:
+def load_model(ckpt: Path, device: torch.device) -> tuple[SegmentationTask, torch.nn.Module, DictConfig]:
     if not ckpt.is_file():
         raise UserError(f"ckpt={ckpt} does not exist; give RUN_DIR/checkpoints/best.pt of a finished run")
-    state = torch.load(ckpt, map_location=device, weights_only=False)
-    cfg = OmegaConf.create(state["config"])
-    task = SegmentationTask(cfg)
-    model = task.build_model()
-    model.load_state_dict(state["model"])
-    return task, model.to(device).eval(), cfg
+    task, model, cfg, _ = load_checkpoint(ckpt, device)
+    if not isinstance(task, SegmentationTask):
+        raise UserError(f"ckpt={ckpt} is not a task=unet checkpoint; predict needs a segmentation model")
+    return task, model, cfg
 
 
 def predict_file(

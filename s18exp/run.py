@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import time
 from pathlib import Path
@@ -23,11 +24,12 @@ from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from s18exp import console, distributed
+from s18exp.checkpoint import read_checkpoint
 from s18exp.config import validate
 from s18exp.data import Batches
-from s18exp.errors import UserError
+from s18exp.errors import UserError, one_line
 from s18exp.io import atomic_link, atomic_write_json, remove_stale_temporaries
-from s18exp.loop import Runtime, fit, resolve_device, resolve_precision, seed_everything, truncate_metrics
+from s18exp.loop import Runtime, fit, resolve_device, resolve_precision, seed_everything, set_deterministic, truncate_metrics
 from s18exp.config import AUTO
 from s18exp.lr_find import log_to as log_lr_find, resolve_auto
 from s18exp.stopping import Interrupted, StopRequest
@@ -68,6 +70,23 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
+def summary_stamp(run_dir: Path) -> tuple[int, int] | None:
+    """(inode, mtime) of summary.json, None when absent: tells whether a job wrote it (writes are atomic
+    renames, so each write makes a new file)."""
+    try:
+        stat = (run_dir / SUMMARY).stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def record_failure(run_dir: Path, cfg: DictConfig, reason: str) -> None:
+    """summary.json of a sweep job that failed before training started (bad input, missing data), so that
+    the sweep's report and exit status name it; training failures write their own in `run`."""
+    name = OmegaConf.select(cfg, "run_name", default=None, throw_on_resolution_failure=False)
+    atomic_write_json({"run_name": name or run_dir.name, "status": "failed", "reason": reason, "epochs_completed": 0}, run_dir / SUMMARY)
+
+
 def find_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
     """The checkpoint to continue from, per `trainer.resume`."""
     mode = str(cfg.trainer.resume)
@@ -83,13 +102,34 @@ def find_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
     return path
 
 
-def check_resumable(saved: dict[str, Any], cfg: DictConfig, path: Path) -> None:
-    """The step schedule is fixed when training starts: a resume must keep the keys that shape it."""
+def check_resumable(checkpoint: dict[str, Any], cfg: DictConfig, model: torch.nn.Module, world_size: int, path: Path) -> None:
+    """A resume must continue the same training: the keys that fix the step schedule, the number of ranks
+    (the data order and the RNG states are per rank) and the model's parameter names and shapes."""
+    missing = [key for key in ("optimizer", "scaler", "train_state", "rng") if key not in checkpoint]
+    if missing:
+        raise UserError(f"{path} holds weights but no training state ({', '.join(missing)}); resume from a last.pt or best.pt that a run wrote")
+    saved = checkpoint["config"]
     keys = ["trainer.batch_size", "data.limit_train"] + (["trainer.max_epochs"] if cfg.trainer.scheduler is not None else [])
     for key in keys:
         before, now = OmegaConf.select(OmegaConf.create(saved), key), OmegaConf.select(cfg, key)
         if before != now:
             raise UserError(f"{key}={now} differs from {before} in {path}; resume with {key}={before} or trainer.resume=never")
+    saved_ranks = len(checkpoint["rng"])
+    if saved_ranks != world_size:
+        raise UserError(
+            f"this run has {world_size} rank(s) but {path} was written by {saved_ranks}; resume with "
+            f"torchrun --nproc_per_node={saved_ranks} (or without torchrun for 1), or trainer.resume=never"
+        )
+    shapes = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    saved_shapes = {name: tuple(tensor.shape) for name, tensor in checkpoint["model"].items()}
+    if shapes != saved_shapes:
+        changed = [k for k in saved_shapes if k not in shapes] + [k for k in shapes if saved_shapes.get(k) != shapes[k]]
+        first = changed[0]
+        detail = f"{first} is {saved_shapes.get(first, 'absent')} there and {shapes.get(first, 'absent')} here"
+        raise UserError(
+            f"the model differs from the one in {path} ({len(changed)} parameter(s) differ; {detail}); "
+            "resume with the model settings of that run or trainer.resume=never"
+        )
 
 
 def adopt_history(resume_path: Path, run_dir: Path) -> None:
@@ -131,18 +171,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     resume_path = find_resume(cfg, run_dir)
 
     set_threads(cfg)
+    set_deterministic(bool(cfg.trainer.deterministic))
     seed_everything(cfg.seed)
     device = resolve_device(cfg.trainer.device, dist)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    runtime = Runtime(device, resolve_precision(cfg.trainer.precision, device), cfg.trainer.channels_last, dist)
+    runtime = Runtime(device, resolve_precision(cfg.trainer.precision, device), cfg.trainer.channels_last, dist, bool(cfg.trainer.deterministic))
 
     task = get_class(cfg.task._target_)(cfg)
     data = task.build_data()
     model = runtime.prepare_model(task.build_model())
     sizes = model_totals(model, example_input(cfg, task, model, device))  # params, size, FLOPs per image
     params = sizes.params
-    resume = torch.load(resume_path, map_location=device, weights_only=False) if resume_path else None
+    resume = read_checkpoint(resume_path) if resume_path else None
+    if resume is not None:
+        check_resumable(resume, cfg, model, dist.world_size, resume_path)
     lr_auto = cfg.trainer.lr == AUTO
     lr_curve = resolve_auto(cfg, task, model, data.train, runtime, run_dir, resume)  # sets cfg.trainer.lr
     lr_pick = {"lr_find/pick": cfg.trainer.lr} if lr_auto else {}
@@ -158,7 +201,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         + f", run dir {run_dir}"
     )
     if resume is not None:
-        check_resumable(resume["config"], cfg, resume_path)
         done = resume["train_state"]["epochs_completed"]
         console.info(f"resuming from {resume_path} after {done} complete epochs")
         if dist.is_main:
@@ -168,35 +210,36 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
 
     identity = task.describe()
-    tracker = Tracker(
-        mode=cfg.wandb.mode if dist.is_main else "disabled",
-        project=cfg.wandb.project,
-        entity=cfg.wandb.entity,
-        run_dir=run_dir,
-        name=cfg.run_name,
-        group=wandb_group(cfg),
-        job_type=identity["task"],
-        tags=[str(v) for k, v in identity.items() if k in ("encoder", "decoder", "loss", "dataset", "condition")],
-        config={**resolved, **sizes.as_config(), **lr_pick, "precision_resolved": runtime.precision},
-        init_timeout=cfg.wandb.init_timeout,
-        run_id=resume.get("wandb_id") if resume else None,
-    )
-    if lr_curve is not None:
-        log_lr_find(lr_curve, tracker, run_dir)
     train = Batches(data.train, cfg.trainer.batch_size, shuffle=True, seed=cfg.seed, rank=dist.rank, world_size=dist.world_size)
     val = Batches(data.val, cfg.trainer.eval_batch_size, rank=dist.rank, world_size=dist.world_size)
     test = Batches(data.test, cfg.trainer.eval_batch_size, rank=dist.rank, world_size=dist.world_size)
     start = time.perf_counter()
     state = None
+    tracker = None  # created inside the try, so that every way out of it finishes the W&B run
     try:
+        tracker = Tracker(
+            mode=cfg.wandb.mode if dist.is_main else "disabled",
+            project=cfg.wandb.project,
+            entity=cfg.wandb.entity,
+            run_dir=run_dir,
+            name=cfg.run_name,
+            group=wandb_group(cfg),
+            job_type=identity["task"],
+            tags=[str(v) for k, v in identity.items() if k in ("encoder", "decoder", "loss", "dataset", "condition")],
+            config={**resolved, **sizes.as_config(), **lr_pick, "precision_resolved": runtime.precision},
+            init_timeout=cfg.wandb.init_timeout,
+            run_id=resume.get("wandb_id") if resume else None,
+        )
+        if lr_curve is not None:
+            log_lr_find(lr_curve, tracker, run_dir)
         with StopRequest() as stop:
             state = fit(
                 runtime.wrap(model), task, train, val, cfg.trainer, runtime, run_dir, tracker,
-                checkpoint_extra={"config": resolved, "class_names": task.class_names, "wandb_id": tracker.run_id},
+                checkpoint_extra={"config": resolved, "class_names": list(task.class_names), "wandb_id": tracker.run_id},
                 resume=resume, stop=stop,
             )
         distributed.barrier(dist)
-        best = torch.load(run_dir / "checkpoints" / "best.pt", map_location=device, weights_only=False)
+        best = read_checkpoint(run_dir / "checkpoints" / "best.pt")
         model.load_state_dict(best["model"])
         test_scores = score_test(task, model, test, runtime)
         extra = task.finalize(model, data, runtime, run_dir, tracker) if dist.is_main else {}
@@ -228,9 +271,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         status = "interrupted" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "failed"
         if dist.is_main:
             done = read_last_state(run_dir)
-            atomic_write_json({**identity, "run_name": cfg.run_name, "status": status, "reason": str(exc) or type(exc).__name__, **done}, run_dir / SUMMARY)
-            tracker.summarize({"status": status, "reason": str(exc)})
-        tracker.finish(exit_code=exc.exit_code if isinstance(exc, Interrupted) else 1)
+            atomic_write_json({**identity, "run_name": cfg.run_name, "status": status, "reason": one_line(exc), **done}, run_dir / SUMMARY)
+            if tracker is not None:
+                tracker.summarize({"status": status, "reason": one_line(exc)})
+        if tracker is not None:
+            tracker.finish(exit_code=exc.exit_code if isinstance(exc, Interrupted) else 1)
         raise
     tracker.finish()
     return summary
@@ -245,8 +290,8 @@ def score_test(task: Any, model: torch.nn.Module, test: Batches, runtime: Runtim
 def read_last_state(run_dir: Path) -> dict[str, Any]:
     """`epochs_completed` and `best_epoch` from last.pt, for the summary of a run that stopped early."""
     try:
-        state = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["train_state"]
-    except (OSError, KeyError, RuntimeError):
+        state = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["train_state"]
+    except (OSError, KeyError, RuntimeError, pickle.UnpicklingError):
         return {"epochs_completed": 0}
     return {"epochs_completed": state["epochs_completed"], "best_epoch": state["best_epoch"]}
 

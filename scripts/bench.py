@@ -1,4 +1,4 @@
-"""`python scripts/bench.py [--quick] [--json FILE]`: how fast the defaults are, against a plain baseline, in one process.
+"""`python scripts/bench.py [--quick] [--device cuda] [--json FILE]`: how fast the defaults are, against a plain baseline, in one process.
 
 Every comparison runs in this one process, its two sides alternating window by window (fast, plain, fast,
 plain, ...) after warm-up; images/s are medians over the windows, and a speed-up is the median over rounds of
@@ -7,8 +7,9 @@ load average is recorded at the start, after each section and at the end: compar
 the number of threads the benchmark itself uses). On a GPU each timed window is bracketed by
 `torch.cuda.synchronize()` and the matmul peak is the GPU's (fp32 without TF32).
 
-What it measures (the README's "Performance" section shows a run):
-- matmul peak: 2048 x 2048 x 2048 matmuls in bf16 and fp32, GFLOP/s, the yardstick of the fractions below;
+What it measures (docs/performance.md shows a run):
+- matmul peak: N x N x N matmuls in bf16 and fp32, GFLOP/s, the yardstick of the fractions below (N = 2048 on a
+  CPU; 8192 on a GPU, whose tensor cores a smaller matmul leaves partly idle);
 - UNet train step, images/s, for the four combos at width 32 and 64, 128 px, batch 16: the project's fast
   settings (the defaults: `trainer.precision=auto` -> bf16 where supported, `trainer.channels_last=true`)
   against a plain fp32, NCHW, eager step of the SAME model (same config, same init). Models are built by the
@@ -19,6 +20,8 @@ What it measures (the README's "Performance" section shows a run):
   FLOPs per image are counted with `torch.utils.flop_counter.FlopCounterMode` over the forward and backward
   of one step; achieved GFLOP/s = FLOPs x images/s, and its fraction of the measured matmul peak;
 - torch.compile (not in --quick): compile time and steady-state step of the default combo at width 32;
+- on a GPU, `--quick` is the GPU check of scripts/gpu_check.sh instead: mp_tr_bce at width 32 and 64, batch 64,
+  eager and with `trainer.compile=true`, each step's achieved FLOP/s as a share of the measured bf16 peak (MFU);
 - data: images/s of the cached tensor pipeline (`Batches` over the decoded uint8 split, then the task's
   on-device augmentation, the default `augment=strong` and the flip-only `augment=flip`, and its normalisation)
   against a naive Dataset that decodes and resizes each item with PIL,
@@ -73,7 +76,8 @@ COMBOS = ("mp_tr_bce", "mp_tr_dice", "strconv_tr_bce", "strconv_ups_dice")
 WIDTHS = (32, 64)
 IMAGE_SIZE, BATCH = 128, 16
 FULL_EPOCH_IMAGES = 3680  # the official trainval list of Oxford-IIIT Pet
-GOALS = {"speedup": 3.5, "peak_fraction": 0.65, "loader_vs_step": 5.0, "epoch_seconds": 120.0}
+GOALS = {"speedup": 3.5, "peak_fraction": 0.65, "loader_vs_step": 5.0, "epoch_seconds": 120.0, "gpu_peak_fraction_w64": 0.40}
+GPU_QUICK_BATCH = 64  # the GPU check's batch: a batch of 16 leaves an H200 mostly idle
 VAE_SHAPES = {"mnist": "MNIST 1x32x32", "cifar10": "CIFAR-10 3x32x32"}
 
 console = Console(width=None if sys.stdout.isatty() else 150)
@@ -243,8 +247,7 @@ def paired_speedup(slow_windows: list[float], fast_windows: list[float]) -> floa
 # ---- matmul peak ----------------------------------------------------------------------------------------
 
 
-def matmul_peaks(device: torch.device, windows: int, min_window_s: float) -> dict[str, float]:
-    n = 2048
+def matmul_peaks(device: torch.device, windows: int, min_window_s: float, n: int) -> dict[str, float]:
     sides, flops = {}, 2 * n**3
     operands = {}
     for dtype in (torch.bfloat16, torch.float32):
@@ -261,30 +264,41 @@ def matmul_peaks(device: torch.device, windows: int, min_window_s: float) -> dic
 # ---- UNet and VAE steps ---------------------------------------------------------------------------------
 
 
-def unet_batch(num_classes: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    images = torch.randint(0, 256, (BATCH, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8, generator=generator)
-    masks = torch.randint(0, num_classes, (BATCH, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8, generator=generator)
+def unet_batch(num_classes: int, generator: torch.Generator, batch: int = BATCH) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.randint(0, 256, (batch, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8, generator=generator)
+    masks = torch.randint(0, num_classes, (batch, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8, generator=generator)
     return images, masks
 
 
-def bench_unet(combo: str, width: int, device: torch.device, peaks: dict[str, float], windows: int, min_window_s: float) -> dict[str, Any]:
-    cfg = config(f"experiment={combo}", f"model.width={width}", f"data.image_size={IMAGE_SIZE}", f"trainer.batch_size={BATCH}")
+def bench_unet(
+    combo: str, width: int, device: torch.device, peaks: dict[str, float], windows: int, min_window_s: float,
+    batch_size: int = BATCH, with_compiled: bool = False,
+) -> dict[str, Any]:
+    """Fast against plain; `with_compiled` adds a third side, the fast settings with `trainer.compile=true`
+    (its first step, which compiles, is timed apart as `compile_s`)."""
+    cfg = config(f"experiment={combo}", f"model.width={width}", f"data.image_size={IMAGE_SIZE}", f"trainer.batch_size={batch_size}")
     task = get_class(cfg.task._target_)(cfg)
-    batch = unet_batch(len(task.class_names), torch.Generator().manual_seed(0))
-    fast_cfg = fast_settings(cfg, device)
+    batch = unet_batch(len(task.class_names), torch.Generator().manual_seed(0), batch_size)
+    fast_cfg = fast_settings(cfg, device, compile_=False)
     fast, plain = Step(cfg, fast_cfg, device, task, batch), Step(cfg, PLAIN, device, task, batch)
     flops = fast.flops_per_image()
-    result = compare({"fast": fast, "plain": plain}, device, windows, min_window_s)
-    row = {"combo": combo, "width": width, "fast_settings": fast_cfg.__dict__, "flops_per_image": flops}
-    for side, peak in (("fast", peaks["bfloat16" if fast_cfg.precision == "bf16" else "float32"]), ("plain", peaks["float32"])):
+    sides: dict[str, Callable[[], None]] = {"fast": fast, "plain": plain}
+    row: dict[str, Any] = {"combo": combo, "width": width, "batch": batch_size, "fast_settings": fast_cfg.__dict__, "flops_per_image": flops}
+    if with_compiled:
+        sides["compiled"] = Step(cfg, fast_settings(cfg, device, compile_=True), device, task, batch)
+        row["compile_s"] = timed(sides["compiled"], device)
+    result = compare(sides, device, windows, min_window_s)
+    fast_peak = peaks["bfloat16" if fast_cfg.precision == "bf16" else "float32"]
+    for side in sides:
+        peak = peaks["float32"] if side == "plain" else fast_peak
         r = result[side]
-        ips = BATCH / r["median_s"]
+        ips = batch_size / r["median_s"]
         row[side] = {
             "images_per_s": ips, "step_s": r["median_s"], "windows_step_s": r["windows_s"], "first_step_s": r["first_call_s"],
             "gflops": flops * ips / 1e9, "peak_fraction": flops * ips / 1e9 / peak,
         }
     row["speedup"] = paired_speedup(result["plain"]["windows_s"], result["fast"]["windows_s"])
-    del fast, plain
+    del fast, plain, sides
     return row
 
 
@@ -502,17 +516,25 @@ def show(result: dict[str, Any]) -> None:
         + f"; load average {m['load_start']} at start, {result['load_end']} at end; {result['seconds']:.0f} s"
     )
     peaks = result["matmul_peak_gflops"]
-    console.print(f"matmul 2048^3 peak: bf16 {peaks['bfloat16']:,.0f} GFLOP/s, fp32 {peaks['float32']:,.0f} GFLOP/s (ratio {peaks['bfloat16'] / peaks['float32']:.2f})")
+    console.print(f"matmul {result['matmul_size']}^3 peak: bf16 {peaks['bfloat16']:,.0f} GFLOP/s, fp32 {peaks['float32']:,.0f} GFLOP/s (ratio {peaks['bfloat16'] / peaks['float32']:.2f})")
 
-    table = Table(title=f"UNet train step, {IMAGE_SIZE} px, batch {BATCH}: fast (defaults) vs plain (fp32, NCHW, eager)")
-    for col in ("combo", "width", "GFLOP/img", "plain img/s", "fast img/s", "speed-up", "fast GFLOP/s", "% bf16 peak", "plain % fp32 peak"):
+    compiled = any("compiled" in r for r in result["unet"])
+    batch = result["unet"][0]["batch"]
+    table = Table(title=f"UNet train step, {IMAGE_SIZE} px, batch {batch}: fast (defaults) vs plain (fp32, NCHW, eager)"
+                  + (", and fast with trainer.compile=true" if compiled else ""))
+    columns = ["combo", "width", "GFLOP/img", "plain img/s", "fast img/s", "speed-up", "fast GFLOP/s", "% bf16 peak", "plain % fp32 peak"]
+    columns += ["compiled img/s", "compiled % bf16 peak", "compile s"] if compiled else []
+    for col in columns:
         table.add_column(col, justify="left" if col == "combo" else "right")
     for r in result["unet"]:
-        table.add_row(
+        cells = [
             r["combo"], str(r["width"]), fmt(r["flops_per_image"] / 1e9, 2), fmt(r["plain"]["images_per_s"], 2),
             fmt(r["fast"]["images_per_s"], 2), f"{r['speedup']:.2f}x", fmt(r["fast"]["gflops"], 0),
             f"{100 * r['fast']['peak_fraction']:.0f}%", f"{100 * r['plain']['peak_fraction']:.0f}%",
-        )
+        ]
+        if compiled:
+            cells += [fmt(r["compiled"]["images_per_s"], 2), f"{100 * r['compiled']['peak_fraction']:.0f}%", fmt(r["compile_s"], 0)]
+        table.add_row(*cells)
     console.print(table)
 
     if result.get("compile"):
@@ -575,6 +597,10 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
     low = min(r["fast"]["peak_fraction"] for r in result["unet"])
     best = max(r["fast"]["peak_fraction"] for r in result["unet"])
     out.append({"goal": "fast step, fraction of the bf16 matmul peak", "target": f">= {GOALS['peak_fraction']:.0%}", "measured": f"{low:.0%} to {best:.0%}", "met": low >= GOALS["peak_fraction"], "value": low})
+    if result["machine"]["device"].startswith("cuda") and any(r["width"] == 64 for r in result["unet"]):
+        wide = max(max(r[side]["peak_fraction"] for side in ("fast", "compiled") if side in r) for r in result["unet"] if r["width"] == 64)
+        out.append({"goal": "GPU: UNet step at width 64 (eager or compiled, the better), fraction of the bf16 matmul peak", "target": f">= {GOALS['gpu_peak_fraction_w64']:.0%}",
+                    "measured": f"{wide:.0%}", "met": wide >= GOALS["gpu_peak_fraction_w64"], "value": wide})
     ref = next(r for r in result["unet"] if r["combo"] == "mp_tr_bce" and r["width"] == 32)
     ratio = result["data"]["cached"]["images_per_s"] / ref["fast"]["images_per_s"]
     result["loader_vs_step"] = ratio
@@ -590,7 +616,8 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="under 2 minutes: one combo at width 32, fewer windows, no compile, no end-to-end runs")
+    parser.add_argument("--quick", action="store_true", help="under 2 minutes: one combo at width 32, fewer windows, no compile, no end-to-end runs; "
+                        "on a GPU: one combo at width 32 and 64, batch 64, eager and compiled (the GPU check)")
     parser.add_argument("--json", type=Path, help="write every figure to this JSON file")
     parser.add_argument("--device", default="auto", help="auto (cuda when available, else cpu) | cpu | cuda | cuda:N")
     parser.add_argument("--data-root", type=Path, default=REPO.parent / "shared" / "data", help="folder holding oxford-iiit-pet/ (default ../shared/data)")
@@ -615,15 +642,20 @@ def main() -> None:
         torch.cuda.set_device(device)
     result: dict[str, Any] = {"machine": machine, "quick": args.quick, "windows": windows, "min_window_s": args.min_window}
 
+    gpu_quick = args.quick and device.type == "cuda"
+    result["matmul_size"] = 8192 if device.type == "cuda" else 2048
     with section(result, "matmul peaks", args.json):
-        result["matmul_peak_gflops"] = matmul_peaks(device, windows, min(args.min_window, 0.5))
+        result["matmul_peak_gflops"] = matmul_peaks(device, windows, min(args.min_window, 0.5), result["matmul_size"])
     combos = ("mp_tr_bce",) if args.quick else COMBOS
-    widths = (32,) if args.quick else WIDTHS
+    widths = (32,) if args.quick and not gpu_quick else WIDTHS
+    batch = GPU_QUICK_BATCH if gpu_quick else BATCH
     result["unet"] = []
     for width in widths:
         for combo in combos:
             with section(result, f"UNet {combo} width {width}", args.json):
-                result["unet"].append(bench_unet(combo, width, device, result["matmul_peak_gflops"], windows, args.min_window))
+                result["unet"].append(bench_unet(
+                    combo, width, device, result["matmul_peak_gflops"], windows, args.min_window, batch, with_compiled=gpu_quick and not args.no_compile,
+                ))
     if not args.quick and not args.no_compile:
         with section(result, "torch.compile", args.json):
             result["compile"] = bench_compile(device, max(3, windows - 2), args.min_window)

@@ -25,7 +25,7 @@ from s18exp.config import validate
 from s18exp.data import Batches, TensorSplit
 from s18exp.errors import UserError
 from s18exp.loop import Runtime
-from s18exp.lr_find import Curve, Settings, choose, range_test, schedule
+from s18exp.lr_find import Curve, Settings, choose, has_diverged, range_test, schedule
 from s18exp.paths import CONFIG_DIR
 
 CPU = Runtime(torch.device("cpu"), "fp32", channels_last=False)
@@ -124,6 +124,41 @@ def test_curve_stops_early_when_the_loss_diverges() -> None:
     assert curve.diverged and 2 < len(curve) < 60
     assert curve.losses[-1] > 4.0 * min(curve.losses[:-1])  # the point that tripped the stop is recorded
     assert all(v <= 4.0 * min(curve.losses[: i + 1]) for i, v in enumerate(curve.losses[:-1]))
+
+
+@pytest.mark.parametrize(
+    ("current", "best", "diverged"),
+    [(7.9, 2.0, False), (8.1, 2.0, True), (-1.5, -2.0, False), (3.9, -2.0, False), (4.1, -2.0, True), (-2.0, -2.0, False)],
+)
+def test_divergence_is_a_rise_of_factor_minus_one_times_the_best_magnitude(current: float, best: float, diverged: bool) -> None:
+    # factor 4: above 4 x best for a positive best; for best = -2, a rise of more than 3 x 2 = 6, i.e. above 4
+    assert has_diverged(current, best, 4.0) is diverged
+
+
+class ShiftedRegression(Regression):
+    """The least-squares loss minus a constant: the same training, with losses below zero (as a Gaussian
+    log-likelihood can be)."""
+
+    def __init__(self, shift: float) -> None:
+        self.shift = shift
+
+    def training_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return super().training_loss(model, x, y) - self.shift
+
+
+def test_negative_losses_run_the_whole_range_until_a_real_divergence() -> None:
+    gentle = trainer_cfg("torch.optim.SGD", start_lr=1e-4, end_lr=1e-1, num_steps=20, smooth=0.0, diverge_factor=4.0)
+    model, batches, _ = regression()
+    curve = range_test(model, ShiftedRegression(100.0), batches, gentle, CPU)
+    assert min(curve.raw_losses) < 0 and not curve.diverged and len(curve) == 20  # `current > 4 * best` stopped at step 2
+
+    steep = trainer_cfg("torch.optim.SGD", start_lr=1e-3, end_lr=1e3, num_steps=60, smooth=0.0, diverge_factor=4.0)
+    model, batches, _ = regression()
+    curve = range_test(model, ShiftedRegression(100.0), batches, steep, CPU)
+    assert curve.diverged and 2 < len(curve) < 60
+    best_before = min(curve.losses[:-1])
+    assert best_before < 0 and curve.losses[-1] - best_before > 3.0 * abs(best_before)  # the stop, by hand
+    assert all(v - min(curve.losses[: i + 1]) <= 3.0 * abs(min(curve.losses[: i + 1])) for i, v in enumerate(curve.losses[:-1]))
 
 
 def test_state_is_restored_after_the_test() -> None:

@@ -21,7 +21,7 @@ from s18exp import console
 from s18exp.blocks import DoubleConv
 from s18exp.data import Batches, TensorSplit
 from s18exp.data.cache import cached
-from s18exp.loop import Runtime
+from s18exp.loop import Runtime, optimizer_step
 
 
 class Judge(nn.Module):
@@ -88,7 +88,8 @@ def train_judge(
     train: TensorSplit, num_classes: int, settings: dict[str, Any], runtime: Runtime, progress: str = "auto",
 ) -> Judge:
     """Cross-entropy training with AdamW and a OneCycle schedule, half of each batch blurred (`blur`, the
-    largest sigma in pixels; 0 = none); its own seed, the run's RNG untouched."""
+    largest sigma in pixels; 0 = none); its own seed, the run's RNG untouched. Each update is the training
+    loop's `optimizer_step`, so that fp16 scales the loss and skips overflowed steps as a run does."""
     with torch.random.fork_rng(devices=[runtime.device] if runtime.device.type == "cuda" else []):
         torch.manual_seed(settings["seed"])
         generator = torch.Generator().manual_seed(settings["seed"])
@@ -98,6 +99,7 @@ def train_judge(
         batches = Batches(train, settings["batch_size"], shuffle=True, seed=settings["seed"])
         optimizer = torch.optim.AdamW(judge.parameters(), lr=settings["lr"], weight_decay=1e-4)
         scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, settings["lr"], total_steps=settings["epochs"] * len(batches))
+        scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision == "fp16")  # fp16 gradients underflow unscaled
         judge.train()
         for epoch in range(1, settings["epochs"] + 1):
             batches.set_epoch(epoch)
@@ -110,10 +112,7 @@ def train_judge(
                     x = blur_half(to_unit(images), settings.get("blur", 0.0), generator)
                     with runtime.autocast():
                         loss = F.cross_entropy(judge(x).float(), labels)
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    scheduler.step()
+                    optimizer_step(judge, loss, optimizer, scaler, scheduler, grad_clip=None)
                     now = time.perf_counter()  # the loss is read (a device sync) at most once a second
                     value = loss.item() if now - last_shown > 1.0 else None
                     last_shown = now if value is not None else last_shown

@@ -1,0 +1,67 @@
+"""The parts of the GPU code paths that a CPU can run: fp16 loss scaling that skips an overflowed step without
+advancing the schedule (the step that the training loop and the judge both take), and `trainer.deterministic`'s
+switches."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+from s18exp.loop import Runtime, optimizer_step, set_deterministic
+
+
+def one_step(loss_scale: float) -> tuple[torch.Tensor, int, float, float]:
+    """One optimizer_step under an enabled GradScaler, with a loss whose gradient is finite or not; returns
+    the weight after, the scheduler's step count, the lr and the scaler's scale."""
+    torch.manual_seed(0)
+    model = nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=10)
+    scaler = torch.amp.GradScaler("cpu", enabled=True, init_scale=2.0**4)
+    loss = model(torch.ones(1, 2)).sum() * loss_scale
+    optimizer_step(model, loss, optimizer, scaler, scheduler, grad_clip=None)
+    return model.weight.detach().clone(), scheduler.last_epoch, optimizer.param_groups[0]["lr"], scaler.get_scale()
+
+
+def test_an_overflowed_fp16_step_is_skipped_and_the_schedule_waits() -> None:
+    torch.manual_seed(0)
+    before = nn.Linear(2, 1).weight.detach().clone()
+    weight, steps, lr, scale = one_step(float("inf"))
+    assert torch.equal(weight, before)  # the scaler skipped the update
+    assert steps == 0 and scale == 2.0**3  # ... so the schedule did not move, and the scale halved
+    weight, steps, lr_after, scale = one_step(1.0)
+    assert not torch.equal(weight, before) and steps == 1 and lr_after > lr and scale == 2.0**4
+
+
+@pytest.fixture
+def restore_determinism():
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+              os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+    yield
+    torch.use_deterministic_algorithms(before[0])
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[1], before[2]
+    if before[3] is None:
+        os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    else:
+        os.environ["CUBLAS_WORKSPACE_CONFIG"] = before[3]
+
+
+def test_deterministic_switches_on_and_off(restore_determinism, monkeypatch) -> None:
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    torch.backends.cudnn.benchmark = True
+    set_deterministic(True)
+    assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert Runtime(torch.device("cpu"), "fp32", False, deterministic=True).deterministic
+    set_deterministic(False)
+    assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
+
+
+def test_deterministic_keeps_a_workspace_setting_of_the_user(restore_determinism, monkeypatch) -> None:
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+    set_deterministic(True)
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"

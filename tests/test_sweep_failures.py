@@ -1,0 +1,57 @@
+"""A sweep with failing jobs: every job runs, the sweep exits 1 naming the failed ones, the report lists them,
+and each job's W&B run is finished, also when the job fails after its run started but before training.
+(A sweep whose jobs all complete exits 0: tests/test_faults.py.)"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import TinyPets, cli_env, smoke_overrides_for
+from wandb_offline import offline_runs, read_run
+
+pytestmark = pytest.mark.slow
+
+
+def test_failed_jobs_do_not_stop_the_sweep_which_exits_1_naming_them(tiny_pets: TinyPets, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    # eps=-1 makes the optimiser refuse to be built (a plain ValueError inside the run, after its W&B run
+    # started); lr=-1 is bad input (refused before any work); lr=1e30 makes the loss NaN (a training failure).
+    args = ["--multirun", *smoke_overrides_for(tiny_pets.root, tmp_path), "+trainer.optimizer.eps=-1.0,1e-8",
+            "trainer.lr=-1,1e30,1e-3", f"hydra.sweep.dir={sweep}"]
+    result = subprocess.run([sys.executable, "-m", "s18exp", *args], cwd=tmp_path, env=cli_env(tmp_path / "wandb-home"),
+                            capture_output=True, text=True, timeout=400)
+    assert result.returncode == 1, result.stderr[-3000:]
+    jobs = {}
+    for job in sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir()):
+        overrides = dict(o.lstrip("+").split("=", 1) for o in OmegaConf.load(job / ".hydra" / "overrides.yaml"))
+        jobs[(float(overrides["trainer.optimizer.eps"]), float(overrides["trainer.lr"]))] = job
+    assert len(jobs) == 6  # every job ran, although the first failed
+    good = jobs[(1e-8, 1e-3)]
+    assert json.loads((good / "summary.json").read_text())["status"] == "complete"
+    failed = [job for key, job in jobs.items() if key != (1e-8, 1e-3)]
+    reasons = {job: json.loads((job / "summary.json").read_text()) for job in failed}
+    assert all(summary["status"] == "failed" for summary in reasons.values())
+    assert "trainer.lr=-1" in reasons[jobs[(1e-8, -1.0)]]["reason"]
+    assert "loss is nan" in reasons[jobs[(1e-8, 1e30)]]["reason"]
+    assert "Invalid epsilon value" in reasons[jobs[(-1.0, 1e-3)]]["reason"]
+
+    last = [line for line in result.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("error: 5 job(s) of the sweep failed: ")
+    assert all(job.name in last for job in failed) and good.name not in last
+    report = (sweep / "report.md").read_text()
+    assert all(f"`{job.name}`" in report for job in failed)
+    assert "Invalid epsilon value" in report and "loss is nan" in report
+    assert all("\n" not in summary["reason"] for summary in reasons.values())  # one line each, in the report too
+
+    # W&B: the job that failed after its run started finished it with exit code 1; the next job got its own run
+    (broken_run,) = offline_runs(jobs[(-1.0, 1e-3)])
+    (good_run,) = offline_runs(good)
+    assert read_run(broken_run).exit_code == 1
+    assert read_run(good_run).exit_code == 0 and read_run(good_run).run_id != read_run(broken_run).run_id
+
