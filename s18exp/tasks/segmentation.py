@@ -23,7 +23,7 @@ from s18exp.data.pets import CLASS_SCHEMES, IMAGENET_MEAN, IMAGENET_STD
 from s18exp.io import atomic_save_image
 from s18exp.loop import Runtime
 from s18exp.metrics import ConfusionMatrix, segmentation_scores
-from s18exp.pictures import captioned_grid, overlay, to_pil
+from s18exp.pictures import captioned_grid, overlay, to_pil, with_legend
 from s18exp.tracking import Tracker
 
 PREDICTION_IMAGES = 8
@@ -192,7 +192,7 @@ class SegmentationTask:
                     },
                 )
             )
-        grid = captioned_grid(rows, ["image", "ground truth", "prediction"], [[n, "", ""] for n in chosen.names])
+        grid = with_legend(captioned_grid(rows, ["image", "ground truth", "prediction"], [[n, "", ""] for n in chosen.names]), self.class_names)
         atomic_save_image(grid, run_dir / "predictions.png")
         if wandb_images and wandb_images[0] is not None:
             tracker.log({"test/predictions": wandb_images})
