@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -97,11 +97,14 @@ def read_batch(paths: list[Path], size: int) -> tuple[list[Image.Image], torch.T
 
 
 @torch.no_grad()
-def predict_batch(
-    task: SegmentationTask, model: torch.nn.Module, runtime: Runtime, images: list[Image.Image], resized: torch.Tensor, tta: str = "none"
-) -> list[np.ndarray]:
-    """The predicted class indices of each image, at the image's own resolution."""
-    logits = task.logits(model, resized.to(runtime.device), runtime, tta)
+def batch_logits(task: SegmentationTask, model: torch.nn.Module, runtime: Runtime, resized: torch.Tensor, tta: str = "none") -> torch.Tensor:
+    """float32 logits (N, C, size, size) of a batch of resized uint8 images."""
+    return task.logits(model, resized.to(runtime.device), runtime, tta)
+
+
+@torch.no_grad()
+def image_classes(logits: torch.Tensor, images: list[Image.Image]) -> list[np.ndarray]:
+    """The class indices of each image at its own resolution, from its logits at the model's."""
     return [upsampled_classes(one, (image.height, image.width)).cpu().numpy() for one, image in zip(logits, images)]
 
 
@@ -110,13 +113,16 @@ def predict_file(
 ) -> tuple[Image.Image, np.ndarray]:
     """The RGB image and its predicted class indices at the image's own resolution."""
     images, resized = read_batch([path], size)
-    return images[0], predict_batch(task, model, runtime, images, resized, tta)[0]
+    return images[0], image_classes(batch_logits(task, model, runtime, resized, tta), images)[0]
 
 
-def write_outputs(output: Path, paths: list[Path], images: list[Image.Image], masks: list[np.ndarray], values: np.ndarray) -> None:
+def finish_batch(output: Path, paths: list[Path], images: list[Image.Image], logits: torch.Tensor, values: np.ndarray) -> list[np.ndarray]:
+    """Masks at each image's resolution, written with their overlays; returned for scoring."""
+    masks = image_classes(logits, images)
     for path, image, classes in zip(paths, images, masks):
         atomic_save_image(Image.fromarray(values[classes]), output / f"{path.stem}.png")
         atomic_save_image(overlay(image, classes), output / f"{path.stem}_overlay.jpg")
+    return masks
 
 
 def truth_files(folder: Path, images: list[Path]) -> dict[Path, Path]:
@@ -174,24 +180,28 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         batches = [files[i : i + per_batch] for i in range(0, len(files), per_batch)]
         style = "auto" if len(files) > PROGRESS_MIN_FILES else "off"
-        # One thread reads and resizes the next batch, one writes the previous, while torch computes.
+        # While torch computes a batch's logits, one thread reads and resizes the next batch and another
+        # upsamples and writes the previous one.
+        def score(paths: list[Path], finishing: Future) -> None:
+            for path, classes in zip(paths, finishing.result()):
+                if path in truths:
+                    confusion.update(torch.from_numpy(classes), torch.from_numpy(read_truth(truths[path], cfg.data.classes)))
+
         with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer, console.Progress("predict", len(files), style) as progress:
             next_batch = reader.submit(read_batch, batches[0], size)
-            writing = None
+            finishing: tuple[list[Path], Future] | None = None
             for k, paths in enumerate(batches):
                 images, resized = next_batch.result()
                 if k + 1 < len(batches):
                     next_batch = reader.submit(read_batch, batches[k + 1], size)
-                masks = predict_batch(task, model, runtime, images, resized, tta)
-                if writing is not None:
-                    writing.result()
-                writing = writer.submit(write_outputs, output, paths, images, masks, values)
-                for path, classes in zip(paths, masks):
-                    if path in truths:
-                        confusion.update(torch.from_numpy(classes), torch.from_numpy(read_truth(truths[path], cfg.data.classes)))
-                progress.advance(len(paths))
-            if writing is not None:
-                writing.result()
+                logits = batch_logits(task, model, runtime, resized, tta)
+                if finishing is not None:
+                    score(*finishing)
+                    progress.advance(len(finishing[0]))
+                finishing = (paths, writer.submit(finish_batch, output, paths, images, logits, values))
+            if finishing is not None:
+                score(*finishing)
+                progress.advance(len(finishing[0]))
     except UserError as exc:
         console.error(str(exc))
         return 2

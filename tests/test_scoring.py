@@ -299,3 +299,15 @@ def test_predict_precision_follows_the_checkpoint_where_the_device_computes_it(m
     monkeypatch.setattr(cli, "bf16_native", lambda device: False)
     assert cli.precision("auto", "bf16", cpu) == "fp32"
     assert cli.precision("bf16", "fp32", cpu) == "bf16" and cli.precision("fp32", "bf16", cpu) == "fp32"
+
+
+def test_class_argmax_is_argmax_with_the_first_class_on_ties() -> None:
+    from s18exp.tasks.segmentation import class_argmax
+
+    g = torch.Generator().manual_seed(0)
+    for classes in (2, 3, 5):
+        scores = torch.randn(classes, 37, 53, generator=g)
+        scores[:, :5, :5] = 0.25  # every class ties: class 0
+        scores[0, 5:9, :5], scores[1:, 5:9, :5] = 0.5, 0.75  # classes 1.. tie above class 0: class 1
+        assert torch.equal(class_argmax(scores), scores.argmax(0))
+        assert (class_argmax(scores)[:5, :5] == 0).all() and (class_argmax(scores)[5:9, :5] == 1).all()

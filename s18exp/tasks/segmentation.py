@@ -41,8 +41,20 @@ def tta_mode(value: object, key: str = "eval.tta") -> str:
 def upsampled_classes(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Class indices (H, W) at `size` from one image's logits (C, h, w): the logits are resized bilinearly
     before the argmax, so that mask edges follow the image rather than a blocky upscaled label map."""
-    resized = F.interpolate(logits[None].float(), size=tuple(size), mode="bilinear", align_corners=False)
-    return resized[0].argmax(0)
+    resized = F.interpolate(logits[None].float().contiguous(), size=tuple(size), mode="bilinear", align_corners=False)
+    return class_argmax(resized[0])
+
+
+def class_argmax(scores: torch.Tensor) -> torch.Tensor:
+    """`scores.argmax(0)` for (C, H, W) scores, the first class on ties as there, but one elementwise pass per
+    class: on a CPU, argmax along the strided first dim of a full-size image takes several times longer."""
+    best = scores[0]
+    index = torch.zeros(scores.shape[1:], dtype=torch.long, device=scores.device)
+    for c in range(1, len(scores)):
+        better = scores[c] > best
+        best = torch.where(better, scores[c], best)
+        index.masked_fill_(better, c)
+    return index
 
 
 class SegmentationTask:
