@@ -99,6 +99,9 @@ def _agree_on_run_dir() -> None:
 
 
 def main() -> None:
+    from s18exp.keys import exit_on_unknown_keys
+
+    exit_on_unknown_keys(sys.argv[1:])
     if distributed.launched_by_torchrun():
         _agree_on_run_dir()
     _hydra_main()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
 
 from s18exp.errors import UserError
+from s18exp.paths import CONFIG_DIR
 from s18exp.loop import PRECISIONS
 from s18exp.tracking import MODES
 
@@ -12,16 +15,38 @@ AUTO = "auto"  # the value of trainer.lr that asks for an LR range test before t
 RULES = ("min_div10", "steepest")  # the LR range test's pick rules
 
 
+def default_of(key: str) -> Any:
+    """The value `key` has in the config groups this run selected, before the command line's values (None
+    when it has none): composed again, only when an error needs an example."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    selection = [f"{group}={choice}" for group, choice in choices.items() if choice is not None and not group.startswith("hydra")]
+    if GlobalHydra.instance().is_initialized():
+        cfg = compose(config_name="config", overrides=selection)
+    else:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=selection)
+    return OmegaConf.select(cfg, key, default=None)
+
+
+def _example(key: str, kind: type) -> str:
+    """`key=<its default>` when the default is a valid value, else `key=1`."""
+    value = default_of(key)
+    valid = not isinstance(value, bool) and isinstance(value, (int, float)) and value > 0 and (kind is float or isinstance(value, int))
+    return f"{key}={value if valid else 1}"
+
+
 def _positive(cfg: DictConfig, key: str, kind: type = int, allow_none: bool = False) -> None:
-    value = cfg
-    for part in key.split("."):
-        value = value[part]
+    value = OmegaConf.select(cfg, key)
     if value is None and allow_none:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-        raise UserError(f"{key}={value!r} must be a positive {kind.__name__}; e.g. {key}=8")
+        raise UserError(f"{key}={value!r} must be a positive {kind.__name__}; e.g. {_example(key, kind)}")
     if value <= 0:
-        raise UserError(f"{key}={value} must be positive; give a value above 0")
+        raise UserError(f"{key}={value} must be positive; e.g. {_example(key, kind)}")
 
 
 def _choice(value: object, key: str, choices: tuple[str, ...]) -> None:

@@ -1,4 +1,4 @@
-"""`python -m s18exp.generate ckpt=RUN_DIR/checkpoints/best.pt n=N output=FILE.npz [seed=S] [label=K] [device=cpu] [root=DIR]`
+"""`python -m s18exp.generate ckpt=RUN_DIR n=N output=FILE.npz [seed=S] [label=K] [device=auto] [precision=auto|bf16|fp32] [root=DIR]`
 
 Feeds N test images of the run's dataset to a trained VAE, each with a WRONG label, and writes FILE.npz:
 
@@ -10,8 +10,9 @@ Feeds N test images of the run's dataset to a trained VAE, each with a WRONG lab
 - `class_names`: str (num_classes,), index -> name.
 
 The N images are a seeded random choice from the whole test split (the run's `data.limit_test` does not
-apply). The model, its config and class names come from the checkpoint; `root=DIR` reads the data from
-another folder than the one the run used.
+apply). `ckpt=` is a run dir (its `checkpoints/best.pt`) or a checkpoint file; the model, its config and
+class names come from it; `root=DIR` reads the data from another folder than the one the run used.
+`device` and `precision` work as in `python -m s18exp.predict`; the last line says how many outputs took how long.
 """
 
 from __future__ import annotations
@@ -19,37 +20,29 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
-from s18exp import console
+from s18exp import cli, console
 from s18exp.checkpoint import load_checkpoint
 from s18exp.errors import UserError
 from s18exp.loop import Runtime
 from s18exp.tasks.vae import VAETask, other_labels
 
 USAGE = (
-    "usage: python -m s18exp.generate ckpt=RUN_DIR/checkpoints/best.pt n=N output=FILE.npz "
-    "[seed=S] [label=K] [device=cpu] [root=DIR]"
+    "usage: python -m s18exp.generate ckpt=RUN_DIR n=N output=FILE.npz "
+    "[seed=S] [label=K] [device=auto] [precision=auto|bf16|fp32] [root=DIR]"
 )
 REQUIRED = ("ckpt", "n", "output")
-OPTIONAL = {"seed": "0", "label": None, "device": "cpu", "root": None}
+DEFAULTS: dict[str, str | None] = {"seed": "0", "label": None, "device": "auto", "precision": "auto", "root": None}
 
 
 def parse_args(argv: list[str]) -> dict[str, str | None]:
-    """key=value arguments, as on the main command line."""
-    args: dict[str, str | None] = dict(OPTIONAL)
-    for item in argv:
-        key, sep, value = item.partition("=")
-        if not sep or key not in (*REQUIRED, *OPTIONAL):
-            raise UserError(f"unknown argument {item!r}; {USAGE}")
-        args[key] = value
-    missing = [k + "=" for k in REQUIRED if args.get(k) is None]
-    if missing:
-        raise UserError(f"missing {', '.join(missing)}; {USAGE}")
-    return args
+    return cli.parse_args(argv, REQUIRED, DEFAULTS, USAGE)
 
 
 def _int(args: dict, key: str) -> int:
@@ -129,18 +122,25 @@ def main(argv: list[str] | None = None) -> int:
         output = Path(args["output"])
         if output.suffix != ".npz":
             raise UserError(f"output={output} must end in .npz")
-        device = torch.device(args["device"])
-        task, model = load(Path(args["ckpt"]), device, args["root"])
+        ckpt = cli.checkpoint_file(args["ckpt"])
+        device = cli.device(args["device"])
+        task, model = load(ckpt, device, args["root"])
         label = resolve_label(args["label"], task.class_names) if args["label"] is not None else None
+        precision = cli.precision(args["precision"], str(OmegaConf.select(task.cfg, "trainer.precision", default="fp32")), device)
         # Only the test split is needed: one train and one val item keep the rest of the loading short.
         test = task.build_data(limit_train=1, limit_val=1, limit_test=None).test
-        runtime = Runtime(device, "fp32", channels_last=False)
+        runtime = Runtime(device, precision, channels_last=False)
+        start = time.perf_counter()
         arrays = generate(task, model, test, n, seed, label, runtime)
         save_npz(arrays, output)
     except UserError as exc:
         console.error(str(exc))
         return 2
-    console.info(f"wrote {n} wrong-label outputs of {task.cfg.data.name} to {output}")
+    seconds = time.perf_counter() - start
+    console.info(
+        f"wrote {n} wrong-label outputs of {task.cfg.data.name} to {output} in {seconds:.1f} s "
+        f"({n / max(seconds, 1e-9):.1f} images/s, {device} {precision})"
+    )
     return 0
 
 

@@ -28,9 +28,9 @@ The pick (`trainer.lr_find.rule`):
   a decade below it the loss still falls fast, with a margin against divergence, which is what OneCycle's peak
   lr wants (it spends a third of training near it). On a flat floor, noise alone can move the lowest point by
   decades, so the minimum is read where the curve first comes within 5% of its total fall of the lowest point
-  (on a curve that turns up sharply, the lowest point itself). When the lowest point is the last one (a test
-  too short, or `end_lr` too low), the curve may not have reached its floor and the rule may only say
-  `end_lr / 10`: a warning says so.
+  (on a curve that turns up sharply, the lowest point itself). When the test ran all its steps and that
+  minimum is its last step (a test too short, or `end_lr` too low), the curve may not have reached its floor
+  and the rule may only say `end_lr / 10`: a warning says so.
 - `steepest`: the lr where the smoothed loss falls fastest per decade of lr (the most negative
   d loss / d log10 lr), searched after the first tenth of the curve (the moving average holds few losses there)
   and before the minimum. It needs no upturn of the curve, and it is torch-lr-finder's suggestion, which the
@@ -251,7 +251,10 @@ def choose(curve: Curve) -> None:
         curve.candidates = {rule: start_lr for rule in RULES}
     else:
         curve.candidates["min_div10"] = max(float(lrs[m]) / 10, start_lr)
-        if lowest == len(lrs) - 1 and curve.settings.rule == "min_div10":
+        # Only a test that ran all its steps and still fell at its end may not have reached its floor: one
+        # that stopped on a non-finite loss passed it, and a floor reached earlier is where the pick is read.
+        ran_to_the_end = not curve.diverged and len(lrs) == curve.settings.num_steps
+        if ran_to_the_end and m == lowest == len(lrs) - 1 and curve.settings.rule == "min_div10":
             console.warn(
                 "the smoothed loss was lowest at the last step, so the curve may not have reached its floor and "
                 "min_div10 may only say end_lr / 10: raise trainer.lr_find.end_lr or num_steps, or use rule=steepest"
@@ -470,4 +473,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from s18exp.keys import exit_on_unknown_keys
+
+    exit_on_unknown_keys(sys.argv[1:])
     main()

@@ -1,12 +1,20 @@
-"""`python -m s18exp.predict ckpt=RUN_DIR/checkpoints/best.pt input=DIR_OR_FILE output=DIR [device=cpu] [tta=none|flip] [truth=DIR]`
+"""`python -m s18exp.predict ckpt=RUN_DIR input=DIR_OR_FILE output=DIR [truth=DIR] [tta=none|flip] [device=auto] [precision=auto|bf16|fp32] [batch_size=N]`
 
 For each input image writes `<stem>.png`, a mask at the image's original resolution (trimap coding
 1 pet, 2 background, 3 border; for a `data.classes=binary` model 0 background, 1 pet), and
-`<stem>_overlay.jpg`, the mask's colours over the image. Everything the model needs (its config,
-class names, weights) comes from the checkpoint. Logits are resized to the original resolution
-(bilinear) before the argmax, so mask edges follow the image rather than a blocky upscaled label map,
-exactly as the run scored its test split. `tta` defaults to the checkpoint's `eval.tta` (`flip` when the
-checkpoint predates it): flip averages the logits of the image and of its mirror image.
+`<stem>_overlay.jpg`, the mask's colours over the image. `ckpt=` is a run dir (its `checkpoints/best.pt`)
+or a checkpoint file; everything the model needs (its config, class names, weights) comes from it. Logits
+are resized to the original resolution (bilinear) before the argmax, so mask edges follow the image rather
+than a blocky upscaled label map, exactly as the run scored its test split. `tta` defaults to the
+checkpoint's `eval.tta` (`flip` when the checkpoint predates it): flip averages the logits of the image
+and of its mirror image.
+
+Images go through the model `batch_size` at a time (default: the run's `trainer.eval_batch_size`), each
+resized to the run's `data.image_size`; the next batch is read and the previous one written while the
+model computes. `device=auto` is the first GPU where there is one, else the CPU; `precision=auto` is bf16
+when the run trained in bf16 (or `auto`) and the device computes it natively, else fp32. A progress bar
+(plain lines without a terminal) shows for more than a handful of files; the last line says how many files
+took how long.
 
 `truth=DIR` scores the predictions against trimaps `DIR/<stem>.png` (the data set's 1/2/3 coding, at the
 image's own resolution): one confusion matrix over every pixel of every scored image, the same metrics as a
@@ -17,41 +25,36 @@ Images without a trimap are predicted but not scored; a folder with no matching 
 from __future__ import annotations
 
 import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
-from s18exp import console
+from s18exp import cli, console
 from s18exp.checkpoint import load_checkpoint
 from s18exp.data.pets import CLASS_SCHEMES, MASK_FILE_VALUES
-from s18exp.io import atomic_write_json
-from s18exp.metrics import ConfusionMatrix, segmentation_scores
 from s18exp.errors import UserError
-from s18exp.io import atomic_save_image
+from s18exp.io import atomic_save_image, atomic_write_json
 from s18exp.loop import Runtime
+from s18exp.metrics import ConfusionMatrix, segmentation_scores
 from s18exp.pictures import overlay
 from s18exp.tasks.segmentation import SegmentationTask, tta_mode, upsampled_classes
 
-USAGE = "usage: python -m s18exp.predict ckpt=RUN_DIR/checkpoints/best.pt input=DIR_OR_FILE output=DIR [device=cpu] [tta=none|flip] [truth=DIR]"
-KEYS = {"ckpt", "input", "output", "device", "tta", "truth"}
-OPTIONAL = {"device", "tta", "truth"}
+USAGE = (
+    "usage: python -m s18exp.predict ckpt=RUN_DIR input=DIR_OR_FILE output=DIR [truth=DIR] [tta=none|flip] "
+    "[device=auto] [precision=auto|bf16|fp32] [batch_size=N]"
+)
+REQUIRED = ("ckpt", "input", "output")
+DEFAULTS: dict[str, str | None] = {"device": "auto", "precision": "auto", "tta": None, "truth": None, "batch_size": None}
+PROGRESS_MIN_FILES = 8  # fewer files finish before a bar would tell anything
 
 
-def parse_args(argv: list[str]) -> dict[str, str]:
-    """key=value arguments, as on the main command line."""
-    args: dict[str, str] = {"device": "cpu"}
-    for item in argv:
-        key, sep, value = item.partition("=")
-        if not sep or key not in KEYS:
-            raise UserError(f"unknown argument {item!r}; {USAGE}")
-        args[key] = value
-    missing = sorted(KEYS - OPTIONAL - set(args))
-    if missing:
-        raise UserError(f"missing {', '.join(k + '=' for k in missing)}; {USAGE}")
-    return args
+def parse_args(argv: list[str]) -> dict[str, str | None]:
+    return cli.parse_args(argv, REQUIRED, DEFAULTS, USAGE)
 
 
 def image_files(source: Path) -> list[Path]:
@@ -76,19 +79,49 @@ def load_model(ckpt: Path, device: torch.device) -> tuple[SegmentationTask, torc
     return task, model, cfg
 
 
-def predict_file(
-    task: SegmentationTask, model: torch.nn.Module, runtime: Runtime, path: Path, size: int, tta: str = "none"
-) -> tuple[Image.Image, np.ndarray]:
-    """The RGB image and its predicted class indices at the image's own resolution."""
+def read_image(path: Path, size: int) -> tuple[Image.Image, torch.Tensor]:
+    """The RGB image and the uint8 (3, size, size) tensor the model sees."""
     try:
         with Image.open(path) as im:
             image = im.convert("RGB")
     except Exception as exc:
-        raise UserError(f"cannot read image {path} ({exc}); remove it or give another input") from exc
-    resized = torch.from_numpy(np.asarray(image.resize((size, size), Image.BILINEAR)).copy()).permute(2, 0, 1)
-    with torch.no_grad():
-        logits = task.logits(model, resized[None].to(runtime.device), runtime, tta)[0]
-    return image, upsampled_classes(logits, (image.height, image.width)).cpu().numpy()
+        raise UserError(f"cannot read image {path} ({type(exc).__name__}); remove it or give another input") from exc
+    resized = np.asarray(image.resize((size, size), Image.BILINEAR))
+    return image, torch.from_numpy(resized.copy()).permute(2, 0, 1)
+
+
+def read_batch(paths: list[Path], size: int) -> tuple[list[Image.Image], torch.Tensor]:
+    pairs = [read_image(path, size) for path in paths]
+    return [image for image, _ in pairs], torch.stack([resized for _, resized in pairs])
+
+
+@torch.no_grad()
+def batch_logits(task: SegmentationTask, model: torch.nn.Module, runtime: Runtime, resized: torch.Tensor, tta: str = "none") -> torch.Tensor:
+    """float32 logits (N, C, size, size) of a batch of resized uint8 images."""
+    return task.logits(model, resized.to(runtime.device), runtime, tta)
+
+
+@torch.no_grad()
+def image_classes(logits: torch.Tensor, images: list[Image.Image]) -> list[np.ndarray]:
+    """The class indices of each image at its own resolution, from its logits at the model's."""
+    return [upsampled_classes(one, (image.height, image.width)).cpu().numpy() for one, image in zip(logits, images)]
+
+
+def predict_file(
+    task: SegmentationTask, model: torch.nn.Module, runtime: Runtime, path: Path, size: int, tta: str = "none"
+) -> tuple[Image.Image, np.ndarray]:
+    """The RGB image and its predicted class indices at the image's own resolution."""
+    images, resized = read_batch([path], size)
+    return images[0], image_classes(batch_logits(task, model, runtime, resized, tta), images)[0]
+
+
+def finish_batch(output: Path, paths: list[Path], images: list[Image.Image], logits: torch.Tensor, values: np.ndarray) -> list[np.ndarray]:
+    """Masks at each image's resolution, written with their overlays; returned for scoring."""
+    masks = image_classes(logits, images)
+    for path, image, classes in zip(paths, images, masks):
+        atomic_save_image(Image.fromarray(values[classes]), output / f"{path.stem}.png")
+        atomic_save_image(overlay(image, classes), output / f"{path.stem}_overlay.jpg")
+    return masks
 
 
 def truth_files(folder: Path, images: list[Path]) -> dict[Path, Path]:
@@ -118,29 +151,64 @@ def read_truth(path: Path, classes: str) -> np.ndarray:
     return mask
 
 
+def batch_size(value: str | None, default: int) -> int:
+    if value is None:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise UserError(f"batch_size={value!r} must be a positive integer; e.g. batch_size={default}")
+    return int(value)
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
         files = image_files(Path(args["input"]))
-        device = torch.device(args["device"])
-        task, model, cfg = load_model(Path(args["ckpt"]), device)
-        tta = tta_mode(args["tta"], "tta") if "tta" in args else task.tta
-        runtime = Runtime(device, "fp32", channels_last=False)
+        ckpt = cli.checkpoint_file(args["ckpt"])
+        device = cli.device(args["device"])
+        task, model, cfg = load_model(ckpt, device)
+        tta = tta_mode(args["tta"], "tta") if args["tta"] is not None else task.tta
+        precision = cli.precision(args["precision"], str(OmegaConf.select(cfg, "trainer.precision", default="fp32")), device)
+        runtime = Runtime(device, precision, channels_last=False)
+        size = int(cfg.data.image_size)
+        per_batch = batch_size(args["batch_size"], int(OmegaConf.select(cfg, "trainer.eval_batch_size", default=8)))
         values = np.array(MASK_FILE_VALUES[cfg.data.classes], dtype=np.uint8)
-        truths = truth_files(Path(args["truth"]), files) if "truth" in args else {}
+        truths = truth_files(Path(args["truth"]), files) if args["truth"] is not None else {}
         confusion = ConfusionMatrix(len(task.class_names))
         output = Path(args["output"])
         output.mkdir(parents=True, exist_ok=True)
-        for path in files:
-            image, classes = predict_file(task, model, runtime, path, cfg.data.image_size, tta)
-            atomic_save_image(Image.fromarray(values[classes]), output / f"{path.stem}.png")
-            atomic_save_image(overlay(image, classes), output / f"{path.stem}_overlay.jpg")
-            if path in truths:
-                confusion.update(torch.from_numpy(classes), torch.from_numpy(read_truth(truths[path], cfg.data.classes)))
+        start = time.perf_counter()
+        batches = [files[i : i + per_batch] for i in range(0, len(files), per_batch)]
+        style = "auto" if len(files) > PROGRESS_MIN_FILES else "off"
+        # While torch computes a batch's logits, one thread reads and resizes the next batch and another
+        # upsamples and writes the previous one.
+        def score(paths: list[Path], finishing: Future) -> None:
+            for path, classes in zip(paths, finishing.result()):
+                if path in truths:
+                    confusion.update(torch.from_numpy(classes), torch.from_numpy(read_truth(truths[path], cfg.data.classes)))
+
+        with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer, console.Progress("predict", len(files), style) as progress:
+            next_batch = reader.submit(read_batch, batches[0], size)
+            finishing: tuple[list[Path], Future] | None = None
+            for k, paths in enumerate(batches):
+                images, resized = next_batch.result()
+                if k + 1 < len(batches):
+                    next_batch = reader.submit(read_batch, batches[k + 1], size)
+                logits = batch_logits(task, model, runtime, resized, tta)
+                if finishing is not None:
+                    score(*finishing)
+                    progress.advance(len(finishing[0]))
+                finishing = (paths, writer.submit(finish_batch, output, paths, images, logits, values))
+            if finishing is not None:
+                score(*finishing)
+                progress.advance(len(finishing[0]))
     except UserError as exc:
         console.error(str(exc))
         return 2
-    console.info(f"wrote {len(files)} masks and overlays to {output}")
+    seconds = time.perf_counter() - start
+    console.info(
+        f"wrote masks and overlays of {len(files)} files to {output} in {seconds:.1f} s "
+        f"({len(files) / max(seconds, 1e-9):.1f} images/s, {device} {precision}, batches of {per_batch})"
+    )
     if truths:
         scores = segmentation_scores(confusion.matrix(), task.class_names)
         atomic_write_json({"images_scored": len(truths), "tta": tta, **scores}, output / "scores.json")

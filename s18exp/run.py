@@ -49,6 +49,16 @@ def wandb_group(cfg: DictConfig) -> str:
     return cfg.run_name
 
 
+def sweep_job_line() -> str | None:
+    """In a multirun, the start of the job's header line: its number and its own overrides; else None.
+    A sweep shows the config tree once (job 0) and one header line per job; the log files get everything."""
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    overrides = " ".join(hydra_cfg.overrides.task)
+    return f"job {hydra_cfg.job.num}" + (f" [{overrides}]" if overrides else "") + ": "
+
+
 def set_threads(cfg: DictConfig) -> None:
     """Torch threads per job: `trainer.num_threads`, or under a launcher running jobs side by side
     (joblib's `n_jobs`), the machine's cores shared out so that parallel jobs do not oversubscribe them."""
@@ -193,12 +203,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if dist.enabled:
         torch.manual_seed(cfg.seed + dist.rank)  # each rank augments differently; DDP syncs the weights
 
-    console.show_config(cfg)
+    sweep_job = sweep_job_line()
+    console.show_config(cfg, on_terminal=sweep_job is None or HydraConfig.get().job.num == 0)
     console.info(
-        f"{cfg.run_name}: {sizes.line()}, {len(data.train)} train / {len(data.val)} val / "
+        (sweep_job or "")
+        + f"{cfg.run_name}: {sizes.line()}, {len(data.train)} train / {len(data.val)} val / "
         f"{len(data.test)} test items, {device} {runtime.precision}"
         + (f", {dist.world_size} ranks" if dist.enabled else "")
-        + f", run dir {run_dir}"
+        + f", run dir {run_dir}",
+        markup=False,  # the overrides' brackets and paths are text
     )
     if resume is not None:
         done = resume["train_state"]["epochs_completed"]
@@ -266,7 +279,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             tracker.summarize(summary)
             if cfg.wandb.log_checkpoint:
                 tracker.log_artifact(run_dir / "checkpoints" / "best.pt", name=f"{cfg.run_name}-best")
-            console.show_metrics(f"test metrics of {cfg.run_name} (best epoch {state.best_epoch})", summary_metrics(summary))
+            console.show_metrics(
+                f"test metrics of {cfg.run_name} (best epoch {state.best_epoch})", summary_metrics(summary), one_line=sweep_job is not None
+            )
     except BaseException as exc:
         status = "interrupted" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "failed"
         if dist.is_main:
@@ -297,4 +312,5 @@ def read_last_state(run_dir: Path) -> dict[str, Any]:
 
 
 def summary_metrics(summary: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in summary.items() if k.startswith("test/")}
+    """The scores the console shows at the end of a run: the test split's, and the VAE judge's own accuracy."""
+    return {k: v for k, v in summary.items() if k.startswith(("test/", "judge/"))}

@@ -23,7 +23,6 @@ writes no run dir.
 from __future__ import annotations
 
 import inspect
-import logging
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -194,7 +193,8 @@ def main(argv: list[str] | None = None) -> None:
     from s18exp.errors import find_user_error
     from s18exp.paths import CONFIG_DIR
 
-    logging.getLogger(console.log.name).addHandler(logging.NullHandler())  # no Hydra log file here: the terminal only
+    from s18exp.keys import exit_on_unknown_keys
+
     args = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in args):
         print(USAGE)
@@ -202,6 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     if any(a.startswith("-") for a in args):
         console.error(f"{next(a for a in args if a.startswith('-'))} is not supported here; give config overrides only\n{USAGE}")
         sys.exit(2)
+    exit_on_unknown_keys(args)
     try:  # a bad override: Hydra's own message (e.g. the valid options of a group), no traceback
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="summary"):
             cfg = compose(config_name="config", overrides=args)

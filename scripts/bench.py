@@ -32,10 +32,16 @@ What it measures (docs/performance.md shows a run):
   model.width=32 trainer.max_epochs=3 wandb.mode=disabled` with the defaults, against the plain settings
   (`trainer.precision=fp32 trainer.channels_last=false data.cache=false`), and the test metrics of both
   (the fast path must give the same results within noise);
+- predict: files/s of `python -m s18exp.predict` (called in this process) on the test images of the pets
+  subset, or on JPEGs written to a temporary folder, with a 128 px, width 32 UNet of random weights: reading,
+  batched model (flip TTA, the checkpoint's batch size), upsampling to each image's size and writing the mask
+  and overlay files included; `--predict-only` measures this alone;
 - peak resident memory of this process and of each end-to-end run.
 
 The performance goals (fast step >= 3.5x plain; >= 65% of the bf16 matmul peak; loader >= 5x the step; an epoch
-over 3,680 images at 128 px, width 32, under 2 minutes) are reported, not asserted.
+over 3,680 images at 128 px, width 32, under 2 minutes; predict >= 30 files/s) are reported, not asserted. When
+the load average at the start exceeds half a core per thread the benchmark uses, it warns that the figures
+are unreliable, and the JSON says so (`machine.busy`).
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -76,8 +82,9 @@ COMBOS = ("mp_tr_bce", "mp_tr_dice", "strconv_tr_bce", "strconv_ups_dice")
 WIDTHS = (32, 64)
 IMAGE_SIZE, BATCH = 128, 16
 FULL_EPOCH_IMAGES = 3680  # the official trainval list of Oxford-IIIT Pet
-GOALS = {"speedup": 3.5, "peak_fraction": 0.65, "loader_vs_step": 5.0, "epoch_seconds": 120.0, "gpu_peak_fraction_w64": 0.40}
+GOALS = {"speedup": 3.5, "peak_fraction": 0.65, "loader_vs_step": 5.0, "epoch_seconds": 120.0, "gpu_peak_fraction_w64": 0.40, "predict_files_per_s": 30.0}
 GPU_QUICK_BATCH = 64  # the GPU check's batch: a batch of 16 leaves an H200 mostly idle
+BUSY_LOAD_PER_THREAD = 0.5  # a load average above this many per thread at the start: other work shares the cores
 VAE_SHAPES = {"mnist": "MNIST 1x32x32", "cifar10": "CIFAR-10 3x32x32"}
 
 console = Console(width=None if sys.stdout.isatty() else 150)
@@ -113,6 +120,11 @@ def load_average() -> list[float]:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
         return []
+
+
+def busy(load: list[float], threads: int) -> bool:
+    """Whether the 1-minute load average exceeds BUSY_LOAD_PER_THREAD per thread the benchmark uses."""
+    return bool(load) and load[0] > BUSY_LOAD_PER_THREAD * threads
 
 
 def cpu_model() -> str:
@@ -489,6 +501,48 @@ def run_cli(args: list[str], work: Path) -> dict[str, Any]:
     }
 
 
+def predict_images(data_root: Path | None, folder: Path) -> str:
+    """Fill `folder` with the test images of the pets subset (links), else with written JPEGs; says which."""
+    base = data_root / "oxford-iiit-pet" if data_root is not None else None
+    if base is not None and (base / "annotations" / "test.txt").is_file():
+        folder.mkdir()
+        for line in (base / "annotations" / "test.txt").read_text().splitlines():
+            image = base / "images" / f"{line.split()[0]}.jpg" if line.strip() else None
+            if image is not None and image.is_file():
+                (folder / image.name).symlink_to(image.resolve())
+        return f"the pets test images under {data_root}"
+    write_jpegs(folder.parent / "jpegs")
+    (folder.parent / "jpegs" / "oxford-iiit-pet" / "images").rename(folder)
+    return "64 written 500x375 JPEGs"
+
+
+def bench_predict(data_root: Path | None, device: torch.device) -> dict[str, Any]:
+    """Files per second of `python -m s18exp.predict` on a folder, batched, and (for comparison) one at a time."""
+    from omegaconf import OmegaConf
+
+    from s18exp import predict
+
+    cfg = config(f"data.image_size={IMAGE_SIZE}", "model.width=32")
+    task = get_class(cfg.task._target_)(cfg)
+    torch.manual_seed(0)
+    model = task.build_model()
+    out: dict[str, Any] = {"image_size": IMAGE_SIZE, "width": 32, "device": str(device)}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        torch.save({"config": OmegaConf.to_container(cfg, resolve=True), "model": model.state_dict()}, work / "best.pt")
+        out["images"] = predict_images(data_root, work / "images")
+        files = len(list((work / "images").iterdir()))
+        for name, extra in (("batched", []), ("one_at_a_time", ["batch_size=1"])):
+            start = time.perf_counter()
+            code = predict.main([f"ckpt={work / 'best.pt'}", f"input={work / 'images'}", f"output={work / name}", f"device={device}", *extra])
+            seconds = time.perf_counter() - start
+            if code != 0:
+                raise RuntimeError(f"predict exited with {code}")
+            out[name] = {"files": files, "seconds": seconds, "files_per_s": files / seconds}
+    out["speedup"] = out["batched"]["files_per_s"] / out["one_at_a_time"]["files_per_s"]
+    return out
+
+
 def bench_end_to_end(data_root: Path, threads: int | None) -> dict[str, Any]:
     base = [f"data.root={data_root}", f"data.image_size={IMAGE_SIZE}", "model.width=32", "trainer.max_epochs=3", "wandb.mode=disabled"]
     base += [f"trainer.num_threads={threads}"] if threads else []
@@ -506,6 +560,16 @@ def bench_end_to_end(data_root: Path, threads: int | None) -> dict[str, Any]:
 
 def fmt(x: float | None, digits: int = 1) -> str:
     return "-" if x is None else f"{x:,.{digits}f}"
+
+
+def show_predict(result: dict[str, Any]) -> None:
+    p = result["predict"]
+    m = result["machine"]
+    console.print(
+        f"predict ({p['images']}, {p['image_size']} px, width {p['width']}, {p['device']}): "
+        f"{p['batched']['files_per_s']:.1f} files/s batched, {p['one_at_a_time']['files_per_s']:.1f} one at a time "
+        f"({p['speedup']:.1f}x); load average {m['load_start']} at start, {result['load_end']} at end"
+    )
 
 
 def show(result: dict[str, Any]) -> None:
@@ -578,6 +642,8 @@ def show(result: dict[str, Any]) -> None:
                 *(fmt(r.get(k), 4) for k in ("test/miou", "test/dice", "test/pixel_acc", "test/iou_pet", "test/iou_background", "test/iou_border")),
             )
         console.print(table)
+    if result.get("predict"):
+        show_predict(result)
 
     table = Table(title="performance goals on this machine (reported, not asserted)")
     for col in ("goal", "target", "measured", "met"):
@@ -588,8 +654,16 @@ def show(result: dict[str, Any]) -> None:
     console.print(f"peak resident memory of the benchmark process: {result['peak_rss_mb']:,.0f} MB" + (f"; GPU max allocated {result['gpu_max_allocated_mb']:,.0f} MB" if result.get("gpu_max_allocated_mb") else ""))
 
 
+def predict_goal(result: dict[str, Any]) -> dict[str, Any]:
+    rate = result["predict"]["batched"]["files_per_s"]
+    return {
+        "goal": f"predict, {IMAGE_SIZE} px, width 32, files read and written", "target": f">= {GOALS['predict_files_per_s']:.0f} files/s",
+        "measured": f"{rate:.1f} files/s", "met": rate >= GOALS["predict_files_per_s"], "value": rate,
+    }
+
+
 def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
-    out = []
+    out = [predict_goal(result)] if result.get("predict") else []
     for width in sorted({r["width"] for r in result["unet"]}):
         rows = [r for r in result["unet"] if r["width"] == width]
         low = min(r["speedup"] for r in rows)
@@ -626,6 +700,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's, i.e. all cores; the end-to-end runs get trainer.num_threads)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement")
     parser.add_argument("--no-end-to-end", action="store_true", help="skip the end-to-end runs")
+    parser.add_argument("--predict-only", action="store_true", help="measure only python -m s18exp.predict (about a minute)")
     args = parser.parse_args()
 
     start = time.perf_counter()
@@ -640,7 +715,26 @@ def main() -> None:
     if device.type == "cuda":
         machine["gpu"] = torch.cuda.get_device_name(device)
         torch.cuda.set_device(device)
+    machine["busy"] = busy(machine["load_start"], machine["threads"])
+    if machine["busy"]:
+        console.print(
+            f"[yellow]warning:[/] the load average is {machine['load_start'][0]} at the start, above "
+            f"{BUSY_LOAD_PER_THREAD} per thread of the {machine['threads']} this benchmark uses: other work shares the "
+            "cores, and the figures below are unreliable; rerun on a quiet machine"
+        )
     result: dict[str, Any] = {"machine": machine, "quick": args.quick, "windows": windows, "min_window_s": args.min_window}
+    real = args.data_root if (args.data_root / "oxford-iiit-pet").is_dir() else None
+    if args.predict_only:
+        with section(result, "predict", args.json):
+            result["predict"] = bench_predict(real, device)
+        result["goals"] = [predict_goal(result)]
+        result["load_end"] = load_average()
+        result["seconds"] = time.perf_counter() - start
+        show_predict(result)
+        if args.json:
+            write_json(result, args.json)
+            console.print(f"wrote {args.json}")
+        return
 
     gpu_quick = args.quick and device.type == "cuda"
     result["matmul_size"] = 8192 if device.type == "cuda" else 2048
@@ -663,7 +757,6 @@ def main() -> None:
     for dataset in VAE_SHAPES:
         with section(result, f"VAE {dataset}", args.json):
             result["vae"].append(bench_vae(dataset, device, windows, args.min_window))
-    real = args.data_root if (args.data_root / "oxford-iiit-pet").is_dir() else None
     with section(result, "data pipeline", args.json):
         result["data"] = bench_data(real, device, args.quick, windows, naive_items=48 if args.quick else None)
     if not args.quick and not args.no_end_to_end:
@@ -672,6 +765,8 @@ def main() -> None:
         else:
             with section(result, "end to end: 2 x 3 epochs through python -m s18exp", args.json):
                 result["end_to_end"] = bench_end_to_end(real, args.threads)
+    with section(result, "predict", args.json):
+        result["predict"] = bench_predict(real, device)
     result["goals"] = goals(result)
     result["peak_rss_mb"] = peak_rss_mb()
     if device.type == "cuda":

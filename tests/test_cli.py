@@ -188,6 +188,14 @@ def test_multirun_of_the_four_experiments(tiny_pets: TinyPets, tmp_path: Path) -
     assert len({run.run_id for run in runs}) == 4
     for job, combo in zip(jobs, combos):
         assert combo in job.name  # the job dir carries the run name
+    # the console: the config tree once for the whole sweep, one header line and one line of test scores per job
+    lines = result.stdout.splitlines()
+    assert sum(line.strip() == "config" for line in lines) == 1
+    headers = [line for line in lines if line.startswith("job ")]
+    assert len(headers) == 4
+    for number, (header, experiment) in enumerate(zip(headers, EXPERIMENTS)):
+        assert header.startswith(f"job {number} [experiment={experiment} ")
+    assert sum(line.startswith("test metrics of ") and "test/miou" in line for line in lines) == 4
 
 
 # --- bad input --------------------------------------------------------------------------------------

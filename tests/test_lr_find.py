@@ -334,3 +334,20 @@ def test_auto_trains_exactly_like_its_pick_given_by_hand(tiny_pets: TinyPets, tm
     summaries = [json.loads((tmp_path / name / "summary.json").read_text()) for name in ("auto", "by-hand")]
     assert summaries[0]["test/miou"] == summaries[1]["test/miou"]
     assert "lr_find/pick" not in summaries[1]
+
+
+def test_the_last_step_warning_only_when_the_loss_was_lowest_at_the_last_step(caplog: pytest.LogCaptureFixture) -> None:
+    still_falling = [1.0, 0.9, 0.7, 0.5, 0.3, 0.1]
+    with caplog.at_level("WARNING", logger="s18exp"):
+        choose(synthetic_curve(still_falling, "min_div10"))
+    assert [r.getMessage() for r in caplog.records if "lowest at the last step" in r.getMessage()]
+    caplog.clear()
+    # the same losses, but the test stopped at a non-finite loss after them: it passed its floor
+    stopped = synthetic_curve(still_falling, "min_div10")
+    stopped.diverged = True
+    # a floor reached earlier (within 5% of the fall), the lowest wobble at the end: the pick is read on the floor
+    floor = synthetic_curve([1.0, 0.6, 0.2, 0.201, 0.2, 0.199], "min_div10")
+    with caplog.at_level("WARNING", logger="s18exp"):
+        choose(stopped)
+        choose(floor)
+    assert not [r for r in caplog.records if "lowest at the last step" in r.getMessage()]

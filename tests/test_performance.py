@@ -127,4 +127,15 @@ def test_compiled_training_matches_eager_and_its_checkpoint_loads_into_a_plain_m
 def test_bench_script_describes_itself():
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "--quick" in result.stdout and "--json" in result.stdout
+    assert "--quick" in result.stdout and "--json" in result.stdout and "--predict-only" in result.stdout
+
+
+def test_bench_calls_a_load_above_half_a_core_per_thread_busy(monkeypatch: pytest.MonkeyPatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench", REPO / "scripts" / "bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "bench", bench)  # its dataclasses look their module up there
+    spec.loader.exec_module(bench)
+    assert bench.busy([1.01, 0.2, 0.1], threads=2) and not bench.busy([1.0, 3.0, 3.0], threads=2)
+    assert bench.busy([0.6, 0.0, 0.0], threads=1) and not bench.busy([], threads=2)

@@ -217,3 +217,97 @@ def test_predict_scores_its_masks_against_trimaps_with_truth(tiny_pets: TinyPets
     assert predict.main([f"ckpt={tmp_path / 'best.pt'}", f"input={images}", f"output={tmp_path / 'out2'}", f"truth={bad}"]) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert "is 7x5 but its image" in error[-1] and not (tmp_path / "out2").exists()
+
+
+def test_batched_predict_gives_the_masks_of_one_at_a_time(tiny_pets: TinyPets, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    write_checkpoint(tmp_path / "best.pt", compose_config(f"data.root={tiny_pets.root}"))
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in tiny_pets.test:  # 8 images of 6 different sizes, a GIF-in-JPEG and an RGBA PNG among them
+        (images / tiny_pets.image_file(name).name).write_bytes(tiny_pets.image_file(name).read_bytes())
+    ckpt = f"ckpt={tmp_path / 'best.pt'}"
+    assert predict.main([ckpt, f"input={images}", f"output={tmp_path / 'one'}", "batch_size=1"]) == 0
+    assert predict.main([ckpt, f"input={images}", f"output={tmp_path / 'batched'}", "batch_size=5"]) == 0  # 5 + 3
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert summary.startswith(f"wrote masks and overlays of {len(tiny_pets.test)} files to ") and "images/s" in summary
+    for name in tiny_pets.test:
+        one = np.asarray(Image.open(tmp_path / "one" / f"{name}.png"))
+        batched = np.asarray(Image.open(tmp_path / "batched" / f"{name}.png"))
+        with Image.open(tiny_pets.image_file(name)) as original:
+            assert batched.shape == (original.height, original.width)
+        assert np.array_equal(one, batched), name
+        assert (tmp_path / "batched" / f"{name}_overlay.jpg").is_file()
+
+
+def test_predict_takes_a_run_dir(tiny_pets: TinyPets, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    write_checkpoint(run_dir / "checkpoints" / "best.pt", compose_config(f"data.root={tiny_pets.root}"))
+    image = tiny_pets.image_file(tiny_pets.test[0])
+    assert predict.main([f"ckpt={run_dir}", f"input={image}", f"output={tmp_path / 'out'}"]) == 0
+    assert (tmp_path / "out" / f"{image.stem}.png").is_file()
+    empty = tmp_path / "empty_run"
+    empty.mkdir()
+    capsys.readouterr()
+    assert predict.main([f"ckpt={empty}", f"input={image}", f"output={tmp_path / 'out2'}"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: ckpt={empty} holds no checkpoint; give a run dir with checkpoints/best.pt or a .pt file"
+    ]
+    assert not (tmp_path / "out2").exists()
+
+
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [
+        ("device=tpu", "device='tpu' is not a device; give one of auto|cpu|cuda|cuda:N"),
+        ("precision=fp16", "precision='fp16' is not one of auto|bf16|fp32; e.g. precision=auto"),
+        ("batch_size=0", "batch_size='0' must be a positive integer; e.g. batch_size=8"),
+        ("colour=red", "unknown argument 'colour=red'; usage: python -m s18exp.predict"),
+    ],
+)
+def test_predict_refuses_bad_arguments_in_one_line(
+    tiny_pets: TinyPets, tmp_path: Path, capsys: pytest.CaptureFixture, argument: str, message: str
+) -> None:
+    write_checkpoint(tmp_path / "best.pt", compose_config(f"data.root={tiny_pets.root}"))
+    args = [f"ckpt={tmp_path / 'best.pt'}", f"input={tiny_pets.image_file(tiny_pets.test[0])}", f"output={tmp_path / 'out'}", argument]
+    assert predict.main(args) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"error: {message}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_predict_errors_are_printed_once_by_the_command(tmp_path: Path) -> None:
+    """In a process of its own, where no logging is configured (pytest configures it in this one)."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "s18exp.predict", f"ckpt={tmp_path}", f"input={tmp_path}", f"output={tmp_path / 'out'}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"error: input={tmp_path} holds no image files; give a folder of images PIL can read"]
+
+
+def test_predict_precision_follows_the_checkpoint_where_the_device_computes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from s18exp import cli
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(cli, "bf16_native", lambda device: True)
+    assert cli.precision("auto", "auto", cpu) == "bf16" and cli.precision("auto", "bf16", cpu) == "bf16"
+    assert cli.precision("auto", "fp32", cpu) == "fp32" and cli.precision("auto", "fp16", cpu) == "fp32"
+    monkeypatch.setattr(cli, "bf16_native", lambda device: False)
+    assert cli.precision("auto", "bf16", cpu) == "fp32"
+    assert cli.precision("bf16", "fp32", cpu) == "bf16" and cli.precision("fp32", "bf16", cpu) == "fp32"
+
+
+def test_class_argmax_is_argmax_with_the_first_class_on_ties() -> None:
+    from s18exp.tasks.segmentation import class_argmax
+
+    g = torch.Generator().manual_seed(0)
+    for classes in (2, 3, 5):
+        scores = torch.randn(classes, 37, 53, generator=g)
+        scores[:, :5, :5] = 0.25  # every class ties: class 0
+        scores[0, 5:9, :5], scores[1:, 5:9, :5] = 0.5, 0.75  # classes 1.. tie above class 0: class 1
+        assert torch.equal(class_argmax(scores), scores.argmax(0))
+        assert (class_argmax(scores)[:5, :5] == 0).all() and (class_argmax(scores)[5:9, :5] == 1).all()

@@ -94,6 +94,25 @@ def test_generate_with_one_label_and_its_bad_input(trained_run: Path, tmp_path: 
 
 
 @pytest.mark.slow
+def test_generate_takes_a_run_dir_and_says_how_fast(trained_run: Path, tmp_path: Path, capsys, one_thread):
+    out = tmp_path / "run_dir.npz"
+    assert generate.main([f"ckpt={trained_run}", "n=4", f"output={out}", "device=auto", "precision=fp32"]) == 0
+    with np.load(out) as npz:
+        assert npz["outputs"].shape == (4, 16, 16, 3)
+    (line,) = capsys.readouterr().out.strip().splitlines()
+    assert line.startswith(f"wrote 4 wrong-label outputs of imagefolder to {out} in ") and line.endswith(" fp32)") and "images/s, " in line
+
+
+def test_generate_errors_are_one_line_printed_once(tmp_path: Path):
+    result = run_cli("s18exp.generate", [f"ckpt={tmp_path}", "n=1", f"output={tmp_path / 'x.npz'}"], tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"error: ckpt={tmp_path} holds no checkpoint; give a run dir with checkpoints/best.pt or a .pt file"
+    ]
+    assert not (tmp_path / "x.npz").exists()
+
+
+@pytest.mark.slow
 def test_dice_with_vae_is_one_line_and_exit_2(image_folder: Path, tmp_path: Path):
     result = run_cli("s18exp", ["task=vae", *tiny_overrides(image_folder, tmp_path), "loss=dice", f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     assert result.returncode == 2

@@ -107,7 +107,7 @@ def test_finalize_writes_the_three_pictures_and_the_scores(image_folder: Path, t
     for name in FILES.values():
         assert (tmp_path / name).is_file()
     # wrong_labels.png: two grids of 5 columns (inputs, outputs) of 16 px images enlarged 8x to 128 px tiles,
-    # 4 px padding, 14 px captions, a 24 px gap between the grids and a 20 px title row above them; 25 tiles
+    # 4 px padding, 14 px captions, a 24 px gap between the grids and a title row above them; 25 tiles
     # in 5 rows, since the test split has 25 images or more.
     tile, pad, caption = 128, 4, 14
     assert len(data.test) >= 25
@@ -115,13 +115,15 @@ def test_finalize_writes_the_three_pictures_and_the_scores(image_folder: Path, t
     grid_w = 5 * (tile + pad) + pad
     grid_h = rows * (tile + caption + pad) + pad
     with Image.open(tmp_path / "wrong_labels.png") as figure:
-        assert figure.size == (2 * grid_w + 24, 20 + grid_h)
+        title_h = figure.height - grid_h
+        assert figure.width == 2 * grid_w + 24 and title_h >= 16  # room for a line of text
         # the first input tile is the first chosen test image (class 0), enlarged
         first = spanning_selection(data.test.targets, 25, 0)[0]
         expected = Image.fromarray(data.test.images[first].permute(1, 2, 0).numpy()).resize((tile, tile), Image.NEAREST)
-        assert figure.crop((pad, 20 + pad, pad + tile, 20 + pad + tile)).tobytes() == expected.tobytes()
-    with Image.open(tmp_path / "samples.png") as samples:  # one row per class, 8 samples a row
-        assert samples.size == (8 * (tile + pad) + pad, len(CLASSES) * (tile + caption + pad) + pad)
+        assert figure.crop((pad, title_h + pad, pad + tile, title_h + pad + tile)).tobytes() == expected.tobytes()
+    with Image.open(tmp_path / "samples.png") as samples:  # one row per class, 8 samples a row, under a title
+        grid_h = len(CLASSES) * (tile + caption + pad) + pad
+        assert samples.width == 8 * (tile + pad) + pad and samples.height - grid_h >= 16
     # a second run reads the cached judge: same accuracy, no retraining
     judges = list((tmp_path / "cache" / "judges").glob("*.pt"))
     assert len(judges) == 1
@@ -202,11 +204,12 @@ def test_label_sweep_has_one_row_per_input_and_a_column_per_label(image_folder: 
     tracker = Tracker(mode="disabled", project="p", entity=None, run_dir=tmp_path, name="n", group="g", job_type="vae", tags=[], config={})
     task.finalize(model, data, CPU, tmp_path, tracker)
     # 3 classes: 3 rows (one test input per class), the input + one column per label; 16 px images enlarged
-    # to 128 px tiles, 4 px padding, 14 px column titles and captions, a 20 px title above the grid
-    tile, pad, caption, title = 128, 4, 14, 20
+    # to 128 px tiles, 4 px padding, 14 px column titles and captions, a title line above the grid
+    tile, pad, caption = 128, 4, 14
     rows, cols = len(CLASSES), 1 + len(CLASSES)
     with Image.open(tmp_path / FILES["label_sweep"]) as sweep:
-        assert sweep.size == (cols * (tile + pad) + pad, title + (caption + pad) + rows * (tile + caption + pad) + pad)
+        title = sweep.height - ((caption + pad) + rows * (tile + caption + pad) + pad)
+        assert sweep.width == cols * (tile + pad) + pad and title >= 16  # room for a line of text
         pixels = torch.from_numpy(np.asarray(sweep.convert("RGB")).copy())
     chosen = spanning_selection(data.test.targets, 25, 0)[: len(CLASSES)]
     assert sorted(data.test.targets[chosen].tolist()) == list(range(len(CLASSES)))
@@ -332,3 +335,10 @@ def test_prior_rows_decode_a_z_from_the_prior_with_the_true_label(image_folder: 
     assert VAETask(compose_vae([*base, "task.prior_z_share=0"])).prior_rows(5, x.device) is None
     with pytest.raises(UserError, match="task.prior_z_share=-1"):
         VAETask(compose_vae([*base, "task.prior_z_share=-1"]))
+
+
+def test_the_console_table_shows_the_judge_accuracy_beside_the_test_scores() -> None:
+    from s18exp.run import summary_metrics
+
+    summary = {"test/elbo": 104.0, "judge/test_acc": 0.995, "params": 12345, "best_val/elbo": 105.0, "status": "complete"}
+    assert summary_metrics(summary) == {"test/elbo": 104.0, "judge/test_acc": 0.995}

@@ -75,11 +75,16 @@ class CIFAR10Data(LabelledData):
         def local() -> CIFAR10 | None:
             if not (self.root / PICKLE_DIR).is_dir():
                 return None
-            return CIFAR10(self.root, train=train, download=False)
+            try:
+                return CIFAR10(self.root, train=train, download=False)
+            except RuntimeError:  # an incomplete or damaged folder: download again where allowed
+                return None
 
         return with_download(
             local,
             lambda: CIFAR10(self.root, train=train, download=True),
             download,
             f"CIFAR-10 not found under {self.root} (expected {PICKLE_DIR}/ or {JPG_DIR}/{{train,test}}/<class>/*.jpg)",
+            self.root,
+            touches=(PICKLE_DIR,),
         )

@@ -10,7 +10,6 @@ image folders list their files class by class, and the first N would hold one cl
 from __future__ import annotations
 
 import os
-import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, TypeVar
@@ -21,9 +20,9 @@ from PIL import Image
 
 from s18exp.data import TensorSplit
 from s18exp.data.cache import cached, fingerprint
+from s18exp.data.download import DownloadFailed, download_cleanly
 from s18exp.errors import UserError
 
-DOWNLOAD_TIMEOUT_S = 20
 MODES = {1: "L", 3: "RGB"}
 T = TypeVar("T")
 
@@ -112,21 +111,20 @@ def decode_files(
     return TensorSplit(tensors["images"], tensors["labels"], names)
 
 
-def with_download(open_local: Callable[[], T | None], download: Callable[[], T], allowed: bool, missing: str) -> T:
-    """`open_local()` when the data is there; else `download()` when allowed (with a socket timeout);
-    else, or when the download fails, a UserError that starts with `missing` (which names the path looked in)."""
+def with_download(
+    open_local: Callable[[], T | None], download: Callable[[], T], allowed: bool, missing: str, root: Path, touches: tuple[str, ...]
+) -> T:
+    """`open_local()` when the data is there; else `download()` when allowed (with a socket timeout, and
+    nothing left behind when it fails, s18exp/data/download.py); else, or when the download fails, a
+    one-line UserError that starts with `missing` (which names the path looked in)."""
     found = open_local()
     if found is not None:
         return found
     if not allowed:
         reason = "data.download=false"
     else:
-        previous = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
         try:
-            return download()
-        except Exception as exc:  # any failure to fetch ends in the same advice
-            reason = f"the download failed ({type(exc).__name__}: {exc})"
-        finally:
-            socket.setdefaulttimeout(previous)
+            return download_cleanly(download, root, touches)
+        except DownloadFailed as exc:
+            reason = f"the download failed ({exc})"
     raise UserError(f"{missing} and {reason}; set data.root=DIR or S18EXP_DATA=DIR to the folder that holds it")

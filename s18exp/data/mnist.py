@@ -69,4 +69,6 @@ class MNISTData(LabelledData):
             lambda: MNIST(self.root, train=train, download=True),
             download,
             f"MNIST not found under {self.root} (expected {EXPECTED_LAYOUT})",
+            self.root,
+            touches=("MNIST",),
         )

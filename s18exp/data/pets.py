@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from torchvision.datasets import OxfordIIITPet
 
 from s18exp.data import TensorSplit
 from s18exp.data.cache import cached, fingerprint
+from s18exp.data.download import DownloadFailed, download_cleanly
 from s18exp.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -29,7 +29,6 @@ CLASS_SCHEMES = {
 # and 0 background / 1 pet for the binary scheme.
 MASK_FILE_VALUES = {"trimap": [1, 2, 3], "binary": [0, 1]}
 EXPECTED_LAYOUT = "oxford-iiit-pet/images/*.jpg, oxford-iiit-pet/annotations/trimaps/*.png, annotations/{trainval,test}.txt"
-DOWNLOAD_TIMEOUT_S = 20
 
 
 class PetsData:
@@ -86,14 +85,13 @@ class PetsData:
         base = self.root / "oxford-iiit-pet"
         present = all((base / p).exists() for p in ("images", "annotations/trimaps", f"annotations/{split}.txt"))
         if not present and download:
-            previous = socket.getdefaulttimeout()
-            socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
             try:
-                return OxfordIIITPet(self.root, split=split, target_types="segmentation", download=True)
-            except Exception as exc:  # any failure to fetch ends in the same advice
-                reason = f"the download failed ({type(exc).__name__}: {exc})"
-            finally:
-                socket.setdefaulttimeout(previous)
+                return download_cleanly(
+                    lambda: OxfordIIITPet(self.root, split=split, target_types="segmentation", download=True),
+                    self.root, touches=("oxford-iiit-pet",),
+                )
+            except DownloadFailed as exc:
+                reason = f"the download failed ({exc})"
         elif not present:
             reason = "data.download=false"
         else:

@@ -18,6 +18,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw, ImageFont
 
+from s18exp.pictures import legend, with_legend
 from s18exp.report.collect import Run
 from s18exp.report.table import Cell, Row, Section
 from s18exp.report.writing import atomic_write_bytes
@@ -194,7 +195,7 @@ def pictures(section: Section, path: Path) -> Path | None:
             file = run.path / name if name else None
             if file is not None and file.is_file():
                 try:
-                    image = Image.open(file).convert("RGB")
+                    image = without_legend(Image.open(file).convert("RGB"), section.spec.picture_legend)
                 except OSError:
                     continue
                 scores = "  ".join(
@@ -206,10 +207,24 @@ def pictures(section: Section, path: Path) -> Path | None:
         return None
     panels = _split_columns(chosen, section.spec.picture_columns, section.spec.picture_shared) or chosen
     canvas = _side_by_side(panels)
+    if section.spec.picture_legend:
+        canvas = with_legend(canvas, list(section.spec.picture_legend))
     buffer = io.BytesIO()  # 256 colours, dithered: a third of the size, the same to the eye
     canvas.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG).save(buffer, format="PNG", optimize=True)
     atomic_write_bytes(buffer.getvalue(), path)
     return path
+
+
+def without_legend(image: Image.Image, class_names: tuple[str, ...]) -> Image.Image:
+    """`image` without the colour legend of `class_names` at its bottom, when it has that legend."""
+    if not class_names:
+        return image
+    strip = legend(list(class_names), image.width)
+    if strip.height >= image.height:
+        return image
+    bottom = image.crop((0, image.height - strip.height, image.width, image.height))
+    same = np.array_equal(np.asarray(bottom), np.asarray(strip))  # drawn by the same code: the same pixels
+    return image.crop((0, 0, image.width, image.height - strip.height)) if same else image
 
 
 def _columns(image: Image.Image, count: int) -> list[Image.Image] | None:

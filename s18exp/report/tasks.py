@@ -50,6 +50,9 @@ class TaskSpec:
     wandb_media: tuple[str, ...]  # keys of logged images
     notes: tuple[str, ...] = field(default_factory=tuple)
     time_curve: Curve | None = None  # the metric drawn against cumulative training seconds (time to quality)
+    # Classes whose colours the picture's legend names (s18exp.pictures.with_legend); the report takes it off
+    # each run's picture before splitting it into columns and draws it once under the figure.
+    picture_legend: tuple[str, ...] = ()
 
 
 SEGMENTATION_CLASSES = ("pet", "background", "border")
@@ -96,6 +99,7 @@ UNET = TaskSpec(
         "the test metrics come from the same confusion matrix for every run and can.",
     ),
     time_curve=Curve("val/miou", "validation mIoU"),
+    picture_legend=SEGMENTATION_CLASSES,
 )
 
 VAE = TaskSpec(

@@ -23,7 +23,7 @@ from s18exp.data.pets import CLASS_SCHEMES, IMAGENET_MEAN, IMAGENET_STD
 from s18exp.io import atomic_save_image
 from s18exp.loop import Runtime
 from s18exp.metrics import ConfusionMatrix, segmentation_scores
-from s18exp.pictures import captioned_grid, overlay, to_pil
+from s18exp.pictures import captioned_grid, overlay, to_pil, with_legend
 from s18exp.tracking import Tracker
 
 PREDICTION_IMAGES = 8
@@ -41,8 +41,20 @@ def tta_mode(value: object, key: str = "eval.tta") -> str:
 def upsampled_classes(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Class indices (H, W) at `size` from one image's logits (C, h, w): the logits are resized bilinearly
     before the argmax, so that mask edges follow the image rather than a blocky upscaled label map."""
-    resized = F.interpolate(logits[None].float(), size=tuple(size), mode="bilinear", align_corners=False)
-    return resized[0].argmax(0)
+    resized = F.interpolate(logits[None].float().contiguous(), size=tuple(size), mode="bilinear", align_corners=False)
+    return class_argmax(resized[0])
+
+
+def class_argmax(scores: torch.Tensor) -> torch.Tensor:
+    """`scores.argmax(0)` for (C, H, W) scores, the first class on ties as there, but one elementwise pass per
+    class: on a CPU, argmax along the strided first dim of a full-size image takes several times longer."""
+    best = scores[0]
+    index = torch.zeros(scores.shape[1:], dtype=torch.long, device=scores.device)
+    for c in range(1, len(scores)):
+        better = scores[c] > best
+        best = torch.where(better, scores[c], best)
+        index.masked_fill_(better, c)
+    return index
 
 
 class SegmentationTask:
@@ -192,7 +204,7 @@ class SegmentationTask:
                     },
                 )
             )
-        grid = captioned_grid(rows, ["image", "ground truth", "prediction"], [[n, "", ""] for n in chosen.names])
+        grid = with_legend(captioned_grid(rows, ["image", "ground truth", "prediction"], [[n, "", ""] for n in chosen.names]), self.class_names)
         atomic_save_image(grid, run_dir / "predictions.png")
         if wandb_images and wandb_images[0] is not None:
             tracker.log({"test/predictions": wandb_images})

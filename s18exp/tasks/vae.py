@@ -31,7 +31,7 @@ from s18exp.distributed import all_reduce_sum
 from s18exp.loop import Runtime, unwrap
 from s18exp.models.judge import classify, judge_for
 from s18exp.models.vae import BernoulliLikelihood, GaussianLikelihood, check_condition, gaussian_kl
-from s18exp.pictures import captioned_grid, font, to_pil
+from s18exp.pictures import captioned_grid, font, side_by_side, titled, to_pil
 from s18exp.tracking import Tracker
 
 PICTURE_SEED = 0  # not the run's seed: every run shows the same test images with the same wrong labels
@@ -282,7 +282,10 @@ class VAETask:
         to = arrow()
         left = grid(inputs, lambda i: names[true[i]])
         right = grid(outputs, lambda i: f"{names[true[i]]} {to} {names[given[i]]}")
-        return side_by_side(left, right, ["input (true label)", f"output (given a wrong label), captioned true {to} given"])
+        return side_by_side(
+            left, right,
+            ["test inputs, captioned with their true class", f"the same inputs given a wrong label, captioned true {to} given"],
+        )
 
     def label_sweep_figure(self, inputs: torch.Tensor, true: torch.Tensor, outputs: list[torch.Tensor], labels: list[int]) -> Image.Image:
         """One row per input: the input, then its output under each label. Column titles name the label,
@@ -324,19 +327,25 @@ class VAETask:
         shown = chosen[: min(self.num_classes, MAX_PICTURE_CLASSES)]
         index = torch.as_tensor(shown, dtype=torch.long)
         recon = self.outputs(model, test.images[index], test.targets[index], runtime)
-        recon_figure = captioned_grid(
-            [[self._tile(test.images[i]) for i in shown], [self._tile(r) for r in recon]],
-            captions=[[self.class_names[test.targets[i]] for i in shown], ["reconstruction"] + [""] * (len(shown) - 1)],
-            caption_height=CAPTION_HEIGHT,
+        recon_figure = titled(
+            captioned_grid(
+                [[self._tile(test.images[i]) for i in shown], [self._tile(r) for r in recon]],
+                captions=[[self.class_names[test.targets[i]] for i in shown], ["reconstruction"] + [""] * (len(shown) - 1)],
+                caption_height=CAPTION_HEIGHT,
+            ),
+            "top row: one test image per class; bottom row: its reconstruction with its true label",
         )
         atomic_save_image(recon_figure, run_dir / FILES["reconstructions"])
 
         classes = list(range(min(self.num_classes, MAX_PICTURE_CLASSES)))
         drawn = self.samples(model, classes, runtime)
-        sample_figure = captioned_grid(
-            [[self._tile(drawn[r * SAMPLES_PER_CLASS + k]) for k in range(SAMPLES_PER_CLASS)] for r in range(len(classes))],
-            captions=[[self.class_names[c]] + [""] * (SAMPLES_PER_CLASS - 1) for c in classes],
-            caption_height=CAPTION_HEIGHT,
+        sample_figure = titled(
+            captioned_grid(
+                [[self._tile(drawn[r * SAMPLES_PER_CLASS + k]) for k in range(SAMPLES_PER_CLASS)] for r in range(len(classes))],
+                captions=[[self.class_names[c]] + [""] * (SAMPLES_PER_CLASS - 1) for c in classes],
+                caption_height=CAPTION_HEIGHT,
+            ),
+            "each row: one label; each column: one z ~ N(0, I), the same in every row, decoded with the row's label",
         )
         atomic_save_image(sample_figure, run_dir / FILES["samples"])
 
@@ -368,28 +377,3 @@ class VAETask:
             }
         )
         return scores
-
-
-def titled(picture: Image.Image, title: str, title_height: int = 20) -> Image.Image:
-    """`picture` on white under a one-line title, its font shrunk until the title fits the width."""
-    canvas = Image.new("RGB", (picture.width, picture.height + title_height), "white")
-    draw = ImageDraw.Draw(canvas)
-    size = 12
-    while size > 6 and draw.textlength(title, font=font(size)) > picture.width - 8:
-        size -= 1
-    draw.text((4, 4), title, fill="black", font=font(size))
-    canvas.paste(picture, (0, title_height))
-    return canvas
-
-
-def side_by_side(left: Image.Image, right: Image.Image, titles: list[str], gap: int = 24, title_height: int = 20) -> Image.Image:
-    """Two pictures next to each other on white, each with a title above it."""
-    width = left.width + gap + right.width
-    height = title_height + max(left.height, right.height)
-    canvas = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(canvas)
-    text_font = font(12)
-    for x, picture, title in ((0, left, titles[0]), (left.width + gap, right, titles[1])):
-        draw.text((x + 4, 4), title, fill="black", font=text_font)
-        canvas.paste(picture, (x, title_height))
-    return canvas

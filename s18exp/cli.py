@@ -1,0 +1,69 @@
+"""What `python -m s18exp.predict` and `python -m s18exp.generate` share: `key=value` arguments, the
+checkpoint a `ckpt=` names, and the device and precision they compute with."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from s18exp.errors import UserError
+from s18exp.loop import resolve_device
+
+DEVICE_HELP = "auto|cpu|cuda|cuda:N"
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def parse_args(argv: list[str], required: tuple[str, ...], defaults: dict[str, str | None], usage: str) -> dict[str, str | None]:
+    """`key=value` arguments as on the main command line: every key in `required` or `defaults`, the
+    defaults filled in; a UserError naming an unknown or missing key."""
+    args: dict[str, str | None] = dict(defaults)
+    for item in argv:
+        key, sep, value = item.partition("=")
+        if not sep or key not in (*required, *defaults):
+            raise UserError(f"unknown argument {item!r}; {usage}")
+        args[key] = value
+    missing = [k + "=" for k in required if args.get(k) is None]
+    if missing:
+        raise UserError(f"missing {', '.join(missing)}; {usage}")
+    return args
+
+
+def checkpoint_file(value: str) -> Path:
+    """The checkpoint that `ckpt=` names: a .pt file, or a run dir, whose `checkpoints/best.pt` it means."""
+    path = Path(value).expanduser()
+    if path.is_dir():
+        path = path / "checkpoints" / "best.pt"
+    if not path.is_file():
+        raise UserError(f"ckpt={value} holds no checkpoint; give a run dir with checkpoints/best.pt or a .pt file")
+    return path
+
+
+def device(value: str) -> torch.device:
+    """`device=`: `auto` is the first GPU where there is one, else the CPU."""
+    try:
+        chosen = resolve_device(value)
+    except RuntimeError:
+        raise UserError(f"device={value!r} is not a device; give one of {DEVICE_HELP}") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device={value} but no GPU is visible; use device=cpu or device=auto")
+    if chosen.type not in ("cpu", "cuda"):
+        raise UserError(f"device={value!r} is not supported; give one of {DEVICE_HELP}")
+    return chosen
+
+
+def bf16_native(where: torch.device) -> bool:
+    """Whether the device computes bfloat16 natively (recent GPUs; AMX/AVX-512 CPUs), so that it is faster."""
+    if where.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def precision(value: str, trained: str, where: torch.device) -> str:
+    """`precision=`: `auto` is bf16 when the checkpoint was trained in bf16 (or with `auto`) and the device
+    computes it natively, else fp32; `bf16` and `fp32` are taken as given."""
+    if value not in PRECISIONS:
+        raise UserError(f"precision={value!r} is not one of {'|'.join(PRECISIONS)}; e.g. precision=auto")
+    if value != "auto":
+        return value
+    return "bf16" if trained in ("auto", "bf16") and bf16_native(where) else "fp32"
