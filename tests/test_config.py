@@ -69,8 +69,13 @@ def test_unet_task_is_the_default_and_defines_task_and_model() -> None:
     assert cfg.model._target_ == "s18exp.models.unet.UNet"
 
 
-def test_experiment_folder_holds_exactly_the_four_combos() -> None:
-    assert group_options("experiment") == sorted(EXPERIMENTS)
+def test_experiment_folder_holds_the_four_combos_and_the_longer_recipe() -> None:
+    assert group_options("experiment") == sorted([*EXPERIMENTS, "pets_best"])
+
+
+def test_pets_best_keeps_the_default_parts_at_a_larger_size() -> None:
+    cfg = compose_config("experiment=pets_best")
+    assert (cfg.encoder.name, cfg.decoder.name, cfg.loss.name, cfg.data.image_size) == ("maxpool", "transpose", "dice_ce", 192)
 
 
 @pytest.mark.parametrize("experiment", sorted(EXPERIMENTS))
