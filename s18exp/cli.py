@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from s18exp.errors import UserError
-from s18exp.loop import resolve_device
+from s18exp.runtime import resolve_device
 
 DEVICE_HELP = "auto|cpu|cuda|cuda:N"
 PRECISIONS = ("auto", "bf16", "fp32")

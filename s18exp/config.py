@@ -8,7 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from s18exp.errors import UserError
 from s18exp.paths import CONFIG_DIR
-from s18exp.loop import PRECISIONS
+from s18exp.runtime import PRECISIONS
 from s18exp.tracking import MODES
 
 AUTO = "auto"  # the value of trainer.lr that asks for an LR range test before training (s18exp/lr_find.py)

@@ -30,7 +30,7 @@ from omegaconf import OmegaConf
 from s18exp import cli, console
 from s18exp.checkpoint import load_checkpoint
 from s18exp.errors import UserError
-from s18exp.loop import Runtime
+from s18exp.runtime import Runtime
 from s18exp.tasks.vae import VAETask, other_labels
 
 USAGE = (

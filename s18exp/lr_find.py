@@ -72,7 +72,7 @@ from s18exp.data import Batches, TensorSplit
 from s18exp.distributed import broadcast_object
 from s18exp.errors import UserError
 from s18exp.io import atomic_save_image, atomic_write_json
-from s18exp.loop import Runtime, rng_state, set_rng_state
+from s18exp.runtime import Runtime, rng_state, set_rng_state
 from s18exp.paths import CONFIG_DIR
 from s18exp.config import AUTO, RULES, validate
 
@@ -440,7 +440,7 @@ def lr_find(cfg: DictConfig) -> Curve:
     from hydra.core.hydra_config import HydraConfig
     from hydra.utils import get_class
 
-    from s18exp.loop import resolve_device, resolve_precision, seed_everything
+    from s18exp.runtime import resolve_device, resolve_precision, seed_everything
 
     validate(cfg)
     if cfg.trainer.get("lr_find") is None:

@@ -29,7 +29,8 @@ from s18exp.config import validate
 from s18exp.data import Batches
 from s18exp.errors import UserError, one_line
 from s18exp.io import atomic_link, atomic_write_json, remove_stale_temporaries
-from s18exp.loop import Runtime, fit, resolve_device, resolve_precision, seed_everything, set_deterministic, truncate_metrics
+from s18exp.loop import fit, truncate_metrics
+from s18exp.runtime import Runtime, resolve_device, resolve_precision, seed_everything, set_deterministic
 from s18exp.config import AUTO
 from s18exp.lr_find import log_to as log_lr_find, resolve_auto
 from s18exp.stopping import Interrupted, StopRequest

@@ -34,7 +34,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from s18exp import console
-from s18exp.loop import rng_state, set_rng_state
+from s18exp.runtime import rng_state, set_rng_state
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,9 @@ from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
 from s18exp.data import Batches
-from s18exp.loop import FirstNonFinite, Runtime, compiled, optimizer_step, resolve_precision, unwrap
+from s18exp.loop import FirstNonFinite, compiled
+from s18exp.runtime import Runtime, resolve_precision, unwrap
+from s18exp.updates import optimizer_step
 from s18exp.paths import CONFIG_DIR
 
 REPO = Path(__file__).resolve().parent.parent

@@ -21,7 +21,7 @@ from conftest import TinyPets, cli_env, smoke_overrides_for
 from s18exp import generate, predict
 from s18exp.checkpoint import check_targets, load_checkpoint, project_targets, read_checkpoint
 from s18exp.errors import UserError
-from s18exp.loop import rng_state, set_rng_state
+from s18exp.runtime import rng_state, set_rng_state
 from s18exp.paths import CONFIG_DIR
 from s18exp.run import check_resumable
 from s18exp.tasks.segmentation import SegmentationTask

@@ -243,7 +243,7 @@ def test_two_rank_gloo_run_writes_once_and_matches_single_process_eval(tiny_pets
     from omegaconf import OmegaConf
 
     from s18exp.data import Batches
-    from s18exp.loop import Runtime
+    from s18exp.runtime import Runtime
 
     best = torch.load(run_dir / "checkpoints/best.pt", weights_only=False)
     cfg = OmegaConf.create(best["config"])

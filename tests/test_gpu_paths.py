@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from s18exp.loop import Runtime, optimizer_step, set_deterministic
+from s18exp.runtime import Runtime, set_deterministic
+from s18exp.updates import optimizer_step
 
 
 def one_step(loss_scale: float) -> tuple[torch.Tensor, int, float, float]:

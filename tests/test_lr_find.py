@@ -24,7 +24,7 @@ from wandb_offline import offline_runs, read_run
 from s18exp.config import validate
 from s18exp.data import Batches, TensorSplit
 from s18exp.errors import UserError
-from s18exp.loop import Runtime
+from s18exp.runtime import Runtime
 from s18exp.lr_find import Curve, Settings, choose, has_diverged, range_test, schedule
 from s18exp.paths import CONFIG_DIR
 

@@ -19,7 +19,8 @@ from hydra.utils import get_class
 from torch import nn
 
 from s18exp.data import Batches
-from s18exp.loop import FirstNonFinite, Runtime, compiled, fit, unwrap
+from s18exp.loop import FirstNonFinite, compiled, fit
+from s18exp.runtime import Runtime, unwrap
 from s18exp.paths import CONFIG_DIR
 from s18exp.tracking import Tracker
 

@@ -21,7 +21,7 @@ from s18exp import predict
 from s18exp.data import Batches
 from s18exp.data.pets import IMAGENET_MEAN, IMAGENET_STD, PetsData
 from s18exp.errors import UserError
-from s18exp.loop import Runtime
+from s18exp.runtime import Runtime
 from s18exp.paths import CONFIG_DIR
 from s18exp.tasks.segmentation import SegmentationTask
 

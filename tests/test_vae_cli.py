@@ -11,7 +11,8 @@ import torch
 
 from s18exp import generate
 from s18exp.data import Batches
-from s18exp.loop import Runtime, fit
+from s18exp.loop import fit
+from s18exp.runtime import Runtime
 from s18exp.tasks.vae import FILES, VAETask
 from s18exp.tracking import Tracker
 from vae_data import CLASSES, REAL_DATA, compose_vae, image_folder, one_thread, run_cli, tiny_overrides  # noqa: F401

@@ -149,7 +149,7 @@ def test_judge_logits_shape():
 
 
 def test_judge_training_blurs_a_random_half_of_each_batch():
-    from s18exp.models.judge import blur_half
+    from s18exp.judge_training import blur_half
 
     images = torch.rand(64, 3, 16, 16)
     out = blur_half(images, 2.0, torch.Generator().manual_seed(0))

@@ -12,7 +12,7 @@ from PIL import Image
 from s18exp.config import validate
 from s18exp.data import Batches
 from s18exp.errors import UserError
-from s18exp.loop import Runtime
+from s18exp.runtime import Runtime
 from s18exp.models.vae import LabelVAE
 from s18exp.tasks.vae import FILES, VAETask, other_labels, spanning_selection
 from s18exp.tracking import Tracker

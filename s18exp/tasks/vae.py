@@ -28,8 +28,9 @@ from s18exp.data import Batches, TensorSplit
 from s18exp.errors import UserError, instantiate
 from s18exp.io import atomic_save_image
 from s18exp.distributed import all_reduce_sum
-from s18exp.loop import Runtime, unwrap
-from s18exp.models.judge import classify, judge_for
+from s18exp.runtime import Runtime, unwrap
+from s18exp.judge_training import judge_for
+from s18exp.models.judge import classify
 from s18exp.models.vae import BernoulliLikelihood, GaussianLikelihood, check_condition, gaussian_kl
 from s18exp.pictures import captioned_grid, font, side_by_side, titled, to_pil
 from s18exp.tracking import Tracker

@@ -1,0 +1,112 @@
+"""The package's walls: prediction and generation never load the training loop, models never talk to the
+console or W&B, and the module-level imports form no cycle."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import s18exp
+
+PACKAGE_DIR = Path(s18exp.__file__).parent
+CONSOLE_OR_TRACKING = {"s18exp.console", "s18exp.tracking", "wandb", "rich"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE_DIR.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: Path, module_level_only: bool) -> set[str]:
+    """Every module `path` imports (`from a import b` counts as a and, when a.b is a module, a.b); with
+    `module_level_only`, imports inside functions and classes (which run only when called) are left out."""
+    tree = ast.parse(path.read_text())
+    is_package = path.name == "__init__.py"
+    package = module_name(path) if is_package else module_name(path).rpartition(".")[0]
+
+    def walk(node: ast.AST) -> list[ast.AST]:
+        found = []
+        for child in ast.iter_child_nodes(node):
+            if module_level_only and isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+                continue
+            found.append(child)
+            found += walk(child)
+        return found
+
+    names: set[str] = set()
+    for node in walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            names.add(base)
+            names |= {f"{base}.{alias.name}" for alias in node.names}
+    return names
+
+
+def package_modules() -> dict[str, Path]:
+    return {module_name(path): path for path in sorted(PACKAGE_DIR.rglob("*.py"))}
+
+
+def import_graph() -> dict[str, set[str]]:
+    """The package's own modules, each with the package modules it imports at module level."""
+    modules = package_modules()
+    return {name: imported_modules(path, module_level_only=True) & modules.keys() - {name} for name, path in modules.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of `graph` as a list of modules (the first repeated at the end), or None."""
+    state: dict[str, str] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = "open"
+        stack.append(node)
+        for target in sorted(graph[node]):
+            if state.get(target) == "open":
+                return stack[stack.index(target):] + [target]
+            if target not in state and (cycle := visit(target)):
+                return cycle
+        state[node] = "done"
+        stack.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_predict_and_generate_do_not_load_the_training_loop() -> None:
+    code = "import sys, s18exp.predict, s18exp.generate; print('s18exp.loop' in sys.modules, 's18exp.runtime' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "True"]
+
+
+def test_models_import_no_console_or_tracking() -> None:
+    models = sorted((PACKAGE_DIR / "models").glob("*.py"))
+    assert models
+    for path in models:
+        imports = imported_modules(path, module_level_only=False)
+        offending = {name for name in imports if name.split(".")[0] in {"wandb", "rich"} or name in CONSOLE_OR_TRACKING}
+        assert not offending, f"{path.name} imports {sorted(offending)}"
+
+
+def test_import_graph_has_no_cycle() -> None:
+    graph = import_graph()
+    assert {"s18exp.loop", "s18exp.runtime", "s18exp.predict"} <= graph.keys()
+    assert "s18exp.runtime" in graph["s18exp.loop"]  # the graph sees real imports
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert find_cycle(graph) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
