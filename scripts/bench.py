@@ -690,6 +690,16 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def finish(result: dict, start: float, display: Callable[[dict], None], json_path: Path | None) -> None:
+    """The closing load and duration, the display, and the JSON file when asked for."""
+    result["load_end"] = load_average()
+    result["seconds"] = time.perf_counter() - start
+    display(result)
+    if json_path:
+        write_json(result, json_path)
+        console.print(f"wrote {json_path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="under 2 minutes: one combo at width 32, fewer windows, no compile, no end-to-end runs; "
@@ -730,12 +740,7 @@ def main() -> None:
         with section(result, "predict", args.json):
             result["predict"] = bench_predict(real, device)
         result["goals"] = [predict_goal(result)]
-        result["load_end"] = load_average()
-        result["seconds"] = time.perf_counter() - start
-        show_predict(result)
-        if args.json:
-            write_json(result, args.json)
-            console.print(f"wrote {args.json}")
+        finish(result, start, show_predict, args.json)
         return
 
     gpu_quick = args.quick and device.type == "cuda"
@@ -773,12 +778,7 @@ def main() -> None:
     result["peak_rss_mb"] = peak_rss_mb()
     if device.type == "cuda":
         result["gpu_max_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
-    result["load_end"] = load_average()
-    result["seconds"] = time.perf_counter() - start
-    show(result)
-    if args.json:
-        write_json(result, args.json)
-        console.print(f"wrote {args.json}")
+    finish(result, start, show, args.json)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ Every test here is marked `cuda` and skipped (with the reason) where `torch.cuda
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 from PIL import Image
 
 from conftest import TinyPets, cli_env, smoke_overrides_for
-from test_faults import closed_port, epochs_logged, start, wait_for_first_checkpoint
+from test_faults import closed_port, epochs_logged, kill_after_first_checkpoint
 from vae_data import image_folder, run_cli as run_module, tiny_overrides  # noqa: F401 (image_folder is a fixture)
 from wandb_offline import offline_runs
 
@@ -74,11 +73,7 @@ def test_killed_cuda_run_resumes_to_identical_metrics(tiny_pets: TinyPets, tmp_p
 
     run_dir = tmp_path / "run"
     args = deterministic_args(tiny_pets.root, tmp_path, run_dir)
-    proc = start(args, tmp_path)
-    wait_for_first_checkpoint(run_dir, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    assert not (run_dir / "summary.json").exists()
+    kill_after_first_checkpoint(args, run_dir, tmp_path)
     result = run_cli(args, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resuming from" in (run_dir / "s18exp.log").read_text()

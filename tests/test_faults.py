@@ -62,6 +62,15 @@ def wait_for_first_checkpoint(run_dir: Path, proc: subprocess.Popen, timeout: fl
     raise AssertionError(f"no checkpoint in {run_dir} after {timeout} s")
 
 
+def kill_after_first_checkpoint(args: list[str], run_dir: Path, work: Path) -> None:
+    """Start a run, SIGKILL it once its first checkpoint exists, and check that it left no summary."""
+    proc = start(args, work)
+    wait_for_first_checkpoint(run_dir, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (run_dir / "summary.json").exists()
+
+
 def epochs_logged(run_dir: Path) -> list[int]:
     return [json.loads(line)["epoch"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -94,11 +103,7 @@ def assert_same_training(run_dir: Path, reference_dir: Path) -> None:
 def test_sigkill_mid_epoch_then_rerun_matches_uninterrupted_run(tiny_pets, tmp_path, reference):
     run_dir = tmp_path / "run"
     args = overrides(tiny_pets.root, tmp_path, run_dir)
-    proc = start(args, tmp_path)
-    wait_for_first_checkpoint(run_dir, proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    assert not (run_dir / "summary.json").exists()
+    kill_after_first_checkpoint(args, run_dir, tmp_path)
     for name in ("last.pt", "best.pt"):  # whatever the kill interrupted, the real names hold whole checkpoints
         assert torch.load(run_dir / "checkpoints" / name, weights_only=False)["train_state"]["epochs_completed"] >= 1
 
