@@ -104,7 +104,10 @@ def main() -> None:
     exit_on_unknown_keys(sys.argv[1:])
     if distributed.launched_by_torchrun():
         _agree_on_run_dir()
-    _hydra_main()
+    try:
+        _hydra_main()
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

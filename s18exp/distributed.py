@@ -81,3 +81,10 @@ def broadcast_object(value: object, dist: Dist) -> object:
 def barrier(dist: Dist) -> None:
     if dist.enabled:
         torch_dist.barrier()
+
+
+def shutdown() -> None:
+    """Leave the process group before the interpreter exits: a gloo group left for the exit to tear down can
+    abort its rank ("terminate called without an active exception") while another rank is still writing."""
+    if torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
