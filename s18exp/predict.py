@@ -1,4 +1,4 @@
-"""`python -m s18exp.predict ckpt=RUN_DIR input=DIR_OR_FILE output=DIR [truth=DIR] [tta=none|flip] [device=auto] [precision=auto|bf16|fp32] [batch_size=N]`
+"""`python -m s18exp.predict ckpt=RUN_DIR input=DIR_OR_FILE output=DIR [truth=DIR] [tta=none|flip] [tta_scales=F,F,...] [device=auto] [precision=auto|bf16|fp32] [batch_size=N]`
 
 For each input image writes `<stem>.png`, a mask at the image's original resolution (trimap coding
 1 pet, 2 background, 3 border; for a `data.classes=binary` model 0 background, 1 pet), and
@@ -7,7 +7,8 @@ or a checkpoint file; everything the model needs (its config, class names, weigh
 are resized to the original resolution (bilinear) before the argmax, so mask edges follow the image rather
 than a blocky upscaled label map, exactly as the run scored its test split. `tta` defaults to the
 checkpoint's `eval.tta` (`flip` when the checkpoint predates it): flip averages the logits of the image
-and of its mirror image.
+and of its mirror image. `tta_scales` (e.g. `tta_scales=0.75,1,1.25`) defaults to the checkpoint's
+`eval.tta_scales` (`1`): one view per factor, the resized image's logits resized back, all views averaged.
 
 Images go through the model `batch_size` at a time (default: the run's `trainer.eval_batch_size`), each
 resized to the run's `data.image_size`; the next batch is read and the previous one written while the
@@ -42,14 +43,14 @@ from s18exp.io import atomic_save_image, atomic_write_json
 from s18exp.runtime import Runtime
 from s18exp.metrics import ConfusionMatrix, segmentation_scores
 from s18exp.pictures import overlay
-from s18exp.tasks.segmentation import SegmentationTask, tta_mode, upsampled_classes
+from s18exp.tasks.segmentation import SegmentationTask, scales_text, tta_mode, tta_scales, upsampled_classes
 
 USAGE = (
     "usage: python -m s18exp.predict ckpt=RUN_DIR input=DIR_OR_FILE output=DIR [truth=DIR] [tta=none|flip] "
-    "[device=auto] [precision=auto|bf16|fp32] [batch_size=N]"
+    "[tta_scales=F,F,...] [device=auto] [precision=auto|bf16|fp32] [batch_size=N]"
 )
 REQUIRED = ("ckpt", "input", "output")
-DEFAULTS: dict[str, str | None] = {"device": "auto", "precision": "auto", "tta": None, "truth": None, "batch_size": None}
+DEFAULTS: dict[str, str | None] = {"device": "auto", "precision": "auto", "tta": None, "tta_scales": None, "truth": None, "batch_size": None}
 PROGRESS_MIN_FILES = 8  # fewer files finish before a bar would tell anything
 
 
@@ -96,23 +97,17 @@ def read_batch(paths: list[Path], size: int) -> tuple[list[Image.Image], torch.T
 
 
 @torch.no_grad()
-def batch_logits(task: SegmentationTask, model: torch.nn.Module, runtime: Runtime, resized: torch.Tensor, tta: str = "none") -> torch.Tensor:
+def batch_logits(
+    task: SegmentationTask, model: torch.nn.Module, runtime: Runtime, resized: torch.Tensor, tta: str = "none", scales: tuple[float, ...] = (1.0,)
+) -> torch.Tensor:
     """float32 logits (N, C, size, size) of a batch of resized uint8 images."""
-    return task.logits(model, resized.to(runtime.device), runtime, tta)
+    return task.logits(model, resized.to(runtime.device), runtime, tta, scales)
 
 
 @torch.no_grad()
 def image_classes(logits: torch.Tensor, images: list[Image.Image]) -> list[np.ndarray]:
     """The class indices of each image at its own resolution, from its logits at the model's."""
     return [upsampled_classes(one, (image.height, image.width)).cpu().numpy() for one, image in zip(logits, images)]
-
-
-def predict_file(
-    task: SegmentationTask, model: torch.nn.Module, runtime: Runtime, path: Path, size: int, tta: str = "none"
-) -> tuple[Image.Image, np.ndarray]:
-    """The RGB image and its predicted class indices at the image's own resolution."""
-    images, resized = read_batch([path], size)
-    return images[0], image_classes(batch_logits(task, model, runtime, resized, tta), images)[0]
 
 
 def finish_batch(output: Path, paths: list[Path], images: list[Image.Image], logits: torch.Tensor, values: np.ndarray) -> list[np.ndarray]:
@@ -167,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         device = cli.device(args["device"])
         task, model, cfg = load_model(ckpt, device)
         tta = tta_mode(args["tta"], "tta") if args["tta"] is not None else task.tta
+        scales = tta_scales(args["tta_scales"], "tta_scales") if args["tta_scales"] is not None else task.tta_scales
         precision = cli.precision(args["precision"], str(OmegaConf.select(cfg, "trainer.precision", default="fp32")), device)
         runtime = Runtime(device, precision, channels_last=False)
         size = int(cfg.data.image_size)
@@ -193,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
                 images, resized = next_batch.result()
                 if k + 1 < len(batches):
                     next_batch = reader.submit(read_batch, batches[k + 1], size)
-                logits = batch_logits(task, model, runtime, resized, tta)
+                logits = batch_logits(task, model, runtime, resized, tta, scales)
                 if finishing is not None:
                     score(*finishing)
                     progress.advance(len(finishing[0]))
@@ -207,11 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - start
     console.info(
         f"wrote masks and overlays of {len(files)} files to {output} in {seconds:.1f} s "
-        f"({len(files) / max(seconds, 1e-9):.1f} images/s, {device} {precision}, batches of {per_batch})"
+        f"({len(files) / max(seconds, 1e-9):.1f} images/s, {device} {precision}, batches of {per_batch}, tta={tta}, {scales_text(scales)})"
     )
     if truths:
         scores = segmentation_scores(confusion.matrix(), task.class_names)
-        atomic_write_json({"images_scored": len(truths), "tta": tta, **scores}, output / "scores.json")
+        atomic_write_json({"images_scored": len(truths), "tta": tta, "tta_scales": list(scales), **scores}, output / "scores.json")
         console.show_metrics(f"scores of {len(truths)} images against {args['truth']}", scores)
     return 0
 

@@ -1,4 +1,5 @@
-"""The UNet's test scoring at each image's original resolution, flip test-time augmentation, and predict.
+"""The UNet's test scoring at each image's original resolution, flip and multi-scale test-time augmentation,
+and predict.
 
 Expected scores are computed here without the task: logits of a model stub by numpy, a bilinear resize
 (half-pixel centres, edges clamped) written out by hand, argmax, a confusion matrix by np.bincount.
@@ -23,7 +24,7 @@ from s18exp.data.pets import IMAGENET_MEAN, IMAGENET_STD, PetsData
 from s18exp.errors import UserError
 from s18exp.runtime import Runtime
 from s18exp.paths import CONFIG_DIR
-from s18exp.tasks.segmentation import SegmentationTask
+from s18exp.tasks.segmentation import SegmentationTask, view_size
 
 SIZE = 32
 CPU = Runtime(torch.device("cpu"), "fp32", channels_last=False)
@@ -77,10 +78,22 @@ def resize_axis(values: np.ndarray, size: int, axis: int) -> np.ndarray:
     return np.take(values, low, axis=axis) * (1 - frac.reshape(shape)) + np.take(values, high, axis=axis) * frac.reshape(shape)
 
 
-def expected_scores(model: PixelwiseWithRamp, data: PetsData, tta: str) -> dict[str, float]:
+def numpy_views(model: PixelwiseWithRamp, image: np.ndarray, tta: str, scales: tuple[float, ...] = (1.0,)) -> np.ndarray:
+    """The mean logits over the views: per scale, the image resized by hand (whole factors up only, where no
+    antialiasing applies), its logits (flip-averaged with tta=flip) resized back."""
+    views = []
+    for scale in scales:
+        _, h, w = image.shape
+        big = resize_axis(resize_axis(image.astype(np.float64), round(h * scale), 1), round(w * scale), 2)
+        logits = numpy_flip_tta(model, big) if tta == "flip" else numpy_logits(model, big)
+        views.append(resize_axis(resize_axis(logits, h, 1), w, 2))
+    return np.mean(views, axis=0)
+
+
+def expected_scores(model: PixelwiseWithRamp, data: PetsData, tta: str, scales: tuple[float, ...] = (1.0,)) -> dict[str, float]:
     counts = np.zeros(9, dtype=np.int64)
     for image, full in zip(data.test.images.numpy(), data.test.full_targets):
-        logits = numpy_flip_tta(model, image) if tta == "flip" else numpy_logits(model, image)
+        logits = numpy_views(model, image, tta, scales)
         height, width = full.shape
         predicted = resize_axis(resize_axis(logits, height, 1), width, 2).argmax(0)
         counts += np.bincount(full.numpy().astype(np.int64).ravel() * 3 + predicted.ravel(), minlength=9)
@@ -95,17 +108,17 @@ def pets(tiny_pets: TinyPets) -> PetsData:
     return PetsData(str(tiny_pets.root), image_size=SIZE, download=False, cache=False)
 
 
-@pytest.mark.parametrize("tta", ["none", "flip"])
-def test_test_scores_match_an_independent_original_resolution_calculation(pets: PetsData, tta: str) -> None:
+@pytest.mark.parametrize(("tta", "scales"), [("none", (1.0,)), ("flip", (1.0,)), ("flip", (1.0, 2.0)), ("none", (2.0, 3.0))])
+def test_test_scores_match_an_independent_original_resolution_calculation(pets: PetsData, tta: str, scales: tuple[float, ...]) -> None:
     # BCE: a mean over pixels, so the batch-weighted test loss equals the criterion over the whole split
-    task = SegmentationTask(compose_config(f"eval.tta={tta}", "loss=bce"))
+    task = SegmentationTask(compose_config(f"eval.tta={tta}", f"eval.tta_scales=[{','.join(map(str, scales))}]", "loss=bce"))
     model = PixelwiseWithRamp()
     scores = task.test(model, Batches(pets.test, batch_size=3), CPU)
-    expected = expected_scores(model, pets, tta)
+    expected = expected_scores(model, pets, tta, scales)
     for key, value in expected.items():
         assert scores[key] == pytest.approx(value, abs=1e-9), key
     # the loss stays the criterion's at training resolution, on the same logits
-    logits = torch.from_numpy(np.stack([numpy_flip_tta(model, i) if tta == "flip" else numpy_logits(model, i) for i in pets.test.images.numpy()]))
+    logits = torch.from_numpy(np.stack([numpy_views(model, i, tta, scales) for i in pets.test.images.numpy()]))
     assert scores["loss"] == pytest.approx(float(task.criterion(logits.float(), pets.test.targets)), rel=1e-5)
 
 
@@ -130,12 +143,33 @@ def test_flip_tta_is_the_mean_of_the_logits_and_the_mirrored_logits_of_the_mirro
     assert not torch.allclose(averaged, plain, atol=1e-3)  # the stub is not mirror-symmetric
 
 
+def test_scaled_views_differ_from_the_plain_view_and_round_to_the_models_multiple(pets: PetsData) -> None:
+    task = SegmentationTask(compose_config())
+    model = PixelwiseWithRamp()  # its ramp spans each view's width, so a resized view gives other logits
+    images = pets.test.images[:2]
+    with torch.no_grad():
+        plain = task.logits(model, images, CPU, "none")
+        assert torch.equal(task.logits(model, images, CPU, "none", (1.0,)), plain)
+        assert not torch.allclose(task.logits(model, images, CPU, "none", (1.0, 2.0)), plain, atol=1e-3)
+        # depth 2: views are multiples of 4 pixels; 0.7 x 32 = 22.4 rounds to 24, the same view as 0.75
+        assert torch.equal(task.logits(model, images, CPU, "none", (0.7,)), task.logits(model, images, CPU, "none", (0.75,)))
+    assert view_size(32, 0.7, 4) == 24 and view_size(32, 0.01, 4) == 4 and view_size(192, 1.25, 16) == 240
+
+
+@pytest.mark.parametrize("value", ["[0.0]", "[1,1]", "[]", "[-1,1]", "abc"])
+def test_eval_tta_scales_are_validated_in_one_line(value: str) -> None:
+    with pytest.raises(UserError) as info:
+        SegmentationTask(compose_config(f"eval.tta_scales={value}"))
+    assert str(info.value).startswith("eval.tta_scales=") and str(info.value).endswith("must list distinct positive resize factors; e.g. eval.tta_scales=[0.75,1,1.25]")
+
+
 def test_eval_tta_defaults_to_flip_and_is_validated() -> None:
     assert SegmentationTask(compose_config()).tta == "flip"
+    assert SegmentationTask(compose_config()).tta_scales == (1.0,)
     resolved = OmegaConf.to_container(compose_config(), resolve=True)
     without = OmegaConf.create({k: v for k, v in resolved.items() if k not in ("eval", "augment")})
     old_checkpoint_task = SegmentationTask(without)  # a checkpoint's config from before eval.tta and augment
-    assert old_checkpoint_task.tta == "flip"
+    assert old_checkpoint_task.tta == "flip" and old_checkpoint_task.tta_scales == (1.0,)
     assert not (old_checkpoint_task.augmenter.geometric or old_checkpoint_task.augmenter.colour or old_checkpoint_task.augmenter.flip_prob)
     with pytest.raises(UserError) as info:
         SegmentationTask(compose_config("eval.tta=rotate"))
@@ -181,6 +215,38 @@ def test_predict_takes_tta_from_the_checkpoint_and_refuses_an_unknown_one(tiny_p
     image = tiny_pets.image_file(tiny_pets.test[0])
     assert predict.main([f"ckpt={tmp_path / 'none.pt'}", f"input={image}", f"output={tmp_path / 'out'}", "tta=twice"]) == 2
     assert "tta='twice' is not one of none|flip" in capsys.readouterr().err
+    assert predict.main([f"ckpt={tmp_path / 'none.pt'}", f"input={image}", f"output={tmp_path / 'out'}", "tta_scales=1,0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: tta_scales='1,0' must list distinct positive resize factors; e.g. tta_scales=[0.75,1,1.25]"
+    assert not (tmp_path / "out").exists()
+
+
+def test_predict_takes_tta_scales_from_the_checkpoint_or_the_command(tiny_pets: TinyPets, tmp_path: Path) -> None:
+    import json
+
+    cfg = compose_config(f"data.root={tiny_pets.root}", "eval.tta_scales=[1,2]")
+    task = SegmentationTask(cfg)
+    model = task.build_model().eval()
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # weights far from their initial scale, so that the masks vary and the views differ
+        for parameter in model.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator))
+    torch.save({"config": OmegaConf.to_container(cfg, resolve=True), "model": model.state_dict()}, tmp_path / "best.pt")
+    name = tiny_pets.test[0]
+    truth = tiny_pets.base / "annotations" / "trimaps"
+    with Image.open(tiny_pets.image_file(name)) as im:
+        rgb = im.convert("RGB")
+    resized = torch.from_numpy(np.asarray(rgb.resize((SIZE, SIZE), Image.BILINEAR)).copy()).permute(2, 0, 1)
+    for option, scales in ([], (1.0, 2.0)), (["tta_scales=1"], (1.0,)):
+        out = tmp_path / str(len(scales))
+        assert predict.main([f"ckpt={tmp_path / 'best.pt'}", f"input={tiny_pets.image_file(name)}", f"output={out}", f"truth={truth}", *option]) == 0
+        assert json.loads((out / "scores.json").read_text())["tta_scales"] == list(scales)
+        with torch.no_grad():
+            logits = task.logits(model, resized[None], CPU, "flip", scales)[0].double().numpy()
+        classes = resize_axis(resize_axis(logits, rgb.height, 1), rgb.width, 2).argmax(0)
+        written = np.asarray(Image.open(out / f"{name}.png"))
+        assert (written == np.array([1, 2, 3])[classes]).mean() > 0.999
+    one, two = (np.asarray(Image.open(tmp_path / k / f"{name}.png")) for k in ("1", "2"))
+    assert not np.array_equal(one, two)  # the scaled view changed the mask: the option reached the model
 
 
 

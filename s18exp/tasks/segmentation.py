@@ -2,11 +2,13 @@
 
 Training batches go through the `augment` config's `PairAugment` (s18exp/augment.py). Validation scores
 the resized masks at training resolution (cheap, and compared only with itself, epoch to epoch); the test
-split is scored at each image's original resolution, with the `eval.tta` test-time augmentation.
+split is scored at each image's original resolution, with the `eval.tta` and `eval.tta_scales` test-time
+augmentation.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,28 @@ def tta_mode(value: object, key: str = "eval.tta") -> str:
     return str(value)
 
 
+def tta_scales(value: object, key: str = "eval.tta_scales") -> tuple[float, ...]:
+    """`value` (a list, or a comma-separated string from a command line) as positive, distinct scale factors,
+    else a UserError naming `key`."""
+    items = value.split(",") if isinstance(value, str) else value
+    try:
+        scales = tuple(float(item) for item in items)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        scales = ()
+    if not scales or not all(math.isfinite(s) and s > 0 for s in scales) or len(set(scales)) != len(scales):
+        raise UserError(f"{key}={value!r} must list distinct positive resize factors; e.g. {key}=[0.75,1,1.25]")
+    return scales
+
+
+def view_size(size: int, scale: float, multiple: int) -> int:
+    """`size * scale` rounded to the nearest multiple of `multiple` (the model's 2**depth), at least one."""
+    return max(multiple, round(size * scale / multiple) * multiple)
+
+
+def scales_text(scales: tuple[float, ...]) -> str:
+    return "scales " + ", ".join(f"{s:g}" for s in scales)
+
+
 def upsampled_classes(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Class indices (H, W) at `size` from one image's logits (C, h, w): the logits are resized bilinearly
     before the argmax, so that mask edges follow the image rather than a blocky upscaled label map."""
@@ -61,7 +85,8 @@ class SegmentationTask:
     """The UNet's data, model, training loss and scoring.
 
     A config without `augment` (`~augment` on the command line, or a checkpoint's config from before
-    augmentation was configurable) trains without augmentation; one without `eval.tta` tests with `flip`.
+    augmentation was configurable) trains without augmentation; one without `eval.tta` tests with `flip`, one
+    without `eval.tta_scales` at the training resolution only.
     """
 
     name = "unet"
@@ -81,6 +106,8 @@ class SegmentationTask:
         augment = cfg.get("augment")
         self.augmenter: PairAugment = PairAugment() if augment is None else instantiate(augment)
         self.tta = tta_mode(OmegaConf.select(cfg, "eval.tta", default="flip"))
+        self.tta_scales = tta_scales(OmegaConf.select(cfg, "eval.tta_scales", default=[1.0]))
+        self.size_multiple = 2 ** int(cfg.model.depth)
 
     def build_data(self) -> Any:
         return instantiate(self.cfg.data, cache_dir=self.cfg.paths.cache_dir)
@@ -115,13 +142,30 @@ class SegmentationTask:
         images, masks = self.augmenter(images, masks)
         return self.criterion(model(self.normalize(images)), masks)
 
-    def logits(self, model: nn.Module, images: torch.Tensor, runtime: Runtime, tta: str = "none") -> torch.Tensor:
+    def logits(
+        self, model: nn.Module, images: torch.Tensor, runtime: Runtime, tta: str = "none", scales: tuple[float, ...] = (1.0,)
+    ) -> torch.Tensor:
         """float32 logits (N, C, H, W) of uint8 images on the device, at the images' resolution.
 
         tta=flip: the mean of the logits of each image and of its mirror image, mirrored back; both go
         through the model as one batch of 2N (the model must be in eval mode, so that samples stay independent).
+        scales: one view per factor, the batch resized bilinearly (antialiased when it shrinks) to the nearest
+        multiple of 2**depth, its logits resized back; the result is the mean over every view.
         """
         batch = self.normalize(images)
+        height, width = batch.shape[-2:]
+        total = torch.zeros((), device=batch.device)
+        for scale in scales:
+            size = (view_size(height, scale, self.size_multiple), view_size(width, scale, self.size_multiple))
+            view = batch if size == (height, width) else F.interpolate(batch, size=size, mode="bilinear", align_corners=False, antialias=scale < 1)
+            logits = self.view_logits(model, view, runtime, tta)
+            if size != (height, width):
+                logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+            total = total + logits
+        return total / len(scales)
+
+    def view_logits(self, model: nn.Module, batch: torch.Tensor, runtime: Runtime, tta: str) -> torch.Tensor:
+        """float32 logits of a normalised batch, averaged with its mirror image's when tta=flip."""
         if tta == "flip":
             batch = torch.cat([batch, batch.flip(-1)])
         with runtime.autocast():
@@ -151,9 +195,10 @@ class SegmentationTask:
 
     @torch.no_grad()
     def test(self, model: nn.Module, batches: Batches, runtime: Runtime) -> dict[str, float]:
-        """The scores of `evaluate`, but at each image's original resolution and with `eval.tta`.
+        """The scores of `evaluate`, but at each image's original resolution and with `eval.tta` and
+        `eval.tta_scales`.
 
-        Logits at training resolution (averaged with the mirror image's when tta=flip) are resized bilinearly
+        Logits at training resolution (averaged over the views of `logits`) are resized bilinearly
         to the size of the image's original mask (`full_targets` of the split), then the argmax is counted
         against that mask. The loss stays the criterion's at training resolution, on the same logits.
         """
@@ -163,7 +208,7 @@ class SegmentationTask:
         loss_sum = torch.zeros((), device=runtime.device)
         for index in batches.index_batches():
             images, masks = runtime.to_device(split.images[index], split.targets[index])
-            logits = self.logits(model, images, runtime, self.tta)
+            logits = self.logits(model, images, runtime, self.tta, self.tta_scales)
             loss_sum += self.criterion(logits, masks) * len(images)
             for k, image_logits in zip(index.tolist(), logits):
                 full = split.full_targets[k].to(runtime.device)
@@ -175,9 +220,9 @@ class SegmentationTask:
 
     @torch.no_grad()
     def predict(self, model: nn.Module, images: torch.Tensor, runtime: Runtime) -> torch.Tensor:
-        """uint8 images (N, 3, H, W) -> predicted class indices (N, H, W) on the CPU, with `eval.tta`."""
+        """uint8 images (N, 3, H, W) -> predicted class indices (N, H, W) on the CPU, with the test's views."""
         model.eval()
-        return self.logits(model, images.to(runtime.device), runtime, self.tta).argmax(1).cpu()
+        return self.logits(model, images.to(runtime.device), runtime, self.tta, self.tta_scales).argmax(1).cpu()
 
     def finalize(self, model: nn.Module, data: Any, runtime: Runtime, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
         """After testing: predictions.png, the same 8 test images for every run (image | truth | prediction).
@@ -208,4 +253,4 @@ class SegmentationTask:
         atomic_save_image(grid, run_dir / "predictions.png")
         if wandb_images and wandb_images[0] is not None:
             tracker.log({"test/predictions": wandb_images})
-        return {"test_scoring": f"original resolution, tta={self.tta}; test/loss at training resolution"}
+        return {"test_scoring": f"original resolution, tta={self.tta}, {scales_text(self.tta_scales)}; test/loss at training resolution"}
