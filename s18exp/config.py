@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -45,6 +46,8 @@ def _positive(cfg: DictConfig, key: str, kind: type = int, allow_none: bool = Fa
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
         raise UserError(f"{key}={value!r} must be a positive {kind.__name__}; e.g. {_example(key, kind)}")
+    if not math.isfinite(value):
+        raise UserError(f"{key}={value} must be a finite positive {kind.__name__}; e.g. {_example(key, kind)}")
     if value <= 0:
         raise UserError(f"{key}={value} must be positive; e.g. {_example(key, kind)}")
 

@@ -151,6 +151,8 @@ def test_valid_configs_pass_validation() -> None:
         (["trainer.max_epochs=0"], "trainer.max_epochs", "0"),
         (["trainer.batch_size=-1"], "trainer.batch_size", "-1"),
         (["trainer.lr=0"], "trainer.lr", "0"),
+        (["trainer.lr=nan"], "trainer.lr", "nan"),
+        (["trainer.grad_clip=inf"], "trainer.grad_clip", "inf"),
         (["trainer.precision=fp8"], "trainer.precision", "fp8"),
         (["wandb.mode=bogus"], "wandb.mode", "bogus"),
         (["data.limit_train=0"], "data.limit_train", "0"),

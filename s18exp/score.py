@@ -1,0 +1,65 @@
+"""`python -m s18exp.score ckpt=RUN_DIR [tta=none|flip] [tta_scales=F,F,...] [data_root=DIR] [device=auto] [precision=auto|bf16|fp32] [output=FILE.json]`
+
+Scores a UNet checkpoint's test split again, the way its run scored it (each image at its original
+resolution; see `SegmentationTask.test`), with the checkpoint's `eval.tta` and `eval.tta_scales` unless
+`tta=` or `tta_scales=` say otherwise: other test-time views of a finished run, without training it again.
+The data settings (split, image size, classes) are the checkpoint's own; the data are read from `data_root`
+when given, else from the checkpoint's `data.root`, and never downloaded. Prints the scores; `output=` also
+writes them, with how they were scored, as JSON (atomically).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from s18exp import cli, console
+from s18exp.data import Batches
+from s18exp.errors import UserError
+from s18exp.io import atomic_write_json
+from s18exp.predict import load_model
+from s18exp.runtime import Runtime
+from s18exp.tasks.segmentation import scales_text, tta_mode, tta_scales
+
+USAGE = (
+    "usage: python -m s18exp.score ckpt=RUN_DIR [tta=none|flip] [tta_scales=F,F,...] [data_root=DIR] "
+    "[device=auto] [precision=auto|bf16|fp32] [output=FILE.json]"
+)
+DEFAULTS: dict[str, str | None] = {"tta": None, "tta_scales": None, "data_root": None, "device": "auto", "precision": "auto", "output": None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = cli.parse_args(sys.argv[1:] if argv is None else argv, ("ckpt",), DEFAULTS, USAGE)
+        if args["output"] is not None and Path(args["output"]).is_dir():
+            raise UserError(f"output={args['output']} is a folder; give a file name, e.g. output=scores.json")
+        ckpt = cli.checkpoint_file(args["ckpt"])
+        device = cli.device(args["device"])
+        task, model, cfg = load_model(ckpt, device)
+        if args["tta"] is not None:
+            task.tta = tta_mode(args["tta"], "tta")
+        if args["tta_scales"] is not None:
+            task.tta_scales = tta_scales(args["tta_scales"], "tta_scales")
+        precision = cli.precision(args["precision"], str(OmegaConf.select(cfg, "trainer.precision", default="fp32")), device)
+        if args["data_root"] is not None:
+            cfg.data.root = args["data_root"]
+        cfg.data.download = False
+        test = task.build_data().test
+        start = time.perf_counter()
+        scores = task.test(model, Batches(test, int(cfg.trainer.eval_batch_size)), Runtime(device, precision, channels_last=False))
+    except UserError as exc:
+        console.error(str(exc))
+        return 2
+    how = f"original resolution, tta={task.tta}, {scales_text(task.tta_scales)}; test/loss at training resolution"
+    console.show_metrics(f"test split of {ckpt} ({len(test)} images; {how}; {time.perf_counter() - start:.1f} s)", scores)
+    if args["output"] is not None:
+        result = {"checkpoint": str(ckpt), "test_images": len(test), "test_scoring": how, **{f"test/{k}": v for k, v in scores.items()}}
+        atomic_write_json(result, Path(args["output"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
