@@ -86,14 +86,16 @@ class SegmentationTask:
 
     A config without `augment` (`~augment` on the command line, or a checkpoint's config from before
     augmentation was configurable) trains without augmentation; one without `eval.tta` tests with `flip`, one
-    without `eval.tta_scales` at the training resolution only.
+    without `eval.tta_scales` at the training resolution only. The classes are those of `data.classes`; a
+    checkpoint's `class_names` must be the same.
     """
 
     name = "unet"
     monitor = "miou"
     monitor_mode = "max"
+    combo_keys = ("encoder", "decoder", "loss")
 
-    def __init__(self, cfg: DictConfig) -> None:
+    def __init__(self, cfg: DictConfig, class_names: list[str] | None = None) -> None:
         if cfg.data.name != "pets":
             raise UserError(f"data={cfg.data.name} has no segmentation masks; task=unet takes data=pets")
         self.cfg = cfg
@@ -101,6 +103,11 @@ class SegmentationTask:
         if cfg.data.classes not in CLASS_SCHEMES:
             raise UserError(f"data.classes={cfg.data.classes!r} is unknown; use one of {'|'.join(CLASS_SCHEMES)}")
         self.class_names = CLASS_SCHEMES[cfg.data.classes][0]
+        if class_names is not None and list(class_names) != self.class_names:
+            raise UserError(
+                f"the checkpoint's classes {list(class_names)} differ from data.classes={cfg.data.classes} ({self.class_names}); "
+                "the file is damaged or edited"
+            )
         self.mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         augment = cfg.get("augment")
@@ -130,6 +137,10 @@ class SegmentationTask:
             "seed": self.cfg.seed,
             "combo": self.cfg.combo,
         }
+
+    def example_input(self, image_size: int) -> tuple[torch.Tensor, ...]:
+        """One zero image of `image_size`, a batch of one."""
+        return (torch.zeros(1, int(self.cfg.model.in_channels), image_size, image_size),)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images -> ImageNet-normalised floats, in the images' memory format (NCHW from `Batches`: a

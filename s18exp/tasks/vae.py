@@ -105,6 +105,7 @@ class VAETask:
     name = "vae"
     monitor = "elbo"
     monitor_mode = "min"
+    combo_keys = ("dataset", "condition", "encoder", "decoder", "loss")  # loss: the bce or mse likelihood
 
     def __init__(self, cfg: DictConfig, class_names: list[str] | None = None) -> None:
         self.cfg = cfg
@@ -168,6 +169,10 @@ class VAETask:
             "combo": self.cfg.combo,
         }
 
+    def example_input(self, image_size: int) -> tuple[torch.Tensor, ...]:
+        """One zero image of `image_size` and its label, class 0: a batch of one."""
+        return torch.zeros(1, int(self.cfg.model.in_channels), image_size, image_size), torch.zeros(1, dtype=torch.long)
+
     @staticmethod
     def to_input(images: torch.Tensor) -> torch.Tensor:
         """uint8 images -> floats in [0, 1], channels_last: the encoder's input and the likelihood's target."""
@@ -223,6 +228,10 @@ class VAETask:
             sums += torch.stack([recon.sum(), kl.sum()]).double()
         recon, kl = (all_reduce_sum(sums, runtime.dist) / max(len(batches.split), 1)).tolist()
         return {"elbo": recon + kl, "recon": recon, "kl": kl}
+
+    def test(self, model: nn.Module, batches: Batches, runtime: Runtime) -> dict[str, float]:
+        """The test split scored as validation scores a split (`evaluate`); the judge's scores come from `finalize`."""
+        return self.evaluate(model, batches, runtime)
 
     @torch.no_grad()
     def outputs(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, runtime: Runtime, batch_size: int = 500) -> torch.Tensor:
