@@ -32,6 +32,7 @@ from s18exp.loop import fit, truncate_metrics
 from s18exp.runtime import Runtime, resolve_device, resolve_precision, seed_everything, set_deterministic
 from s18exp.config import AUTO
 from s18exp.lr_find import log_to as log_lr_find, resolve_auto
+from s18exp.report.spec import SUMMARY_BLOCK
 from s18exp.stopping import Interrupted, StopRequest
 from s18exp.summary import example_input, totals as model_totals
 from s18exp.tasks import build
@@ -273,10 +274,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "run_name": cfg.run_name,
             **identity,
             "status": "complete",
+            SUMMARY_BLOCK: task.report_spec().as_dict(),
         }
         if dist.is_main:
             atomic_write_json(summary, run_dir / SUMMARY)
-            tracker.summarize(summary)
+            tracker.summarize({k: v for k, v in summary.items() if k != SUMMARY_BLOCK})
             if cfg.wandb.log_checkpoint:
                 tracker.log_artifact(run_dir / "checkpoints" / "best.pt", name=f"{cfg.run_name}-best")
             console.show_metrics(

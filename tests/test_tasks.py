@@ -1,9 +1,10 @@
-"""The task contract (s18exp.tasks.Task): both tasks keep it, and are built the one way that every command
-builds them."""
+"""The task contract (s18exp.tasks.Task): both tasks keep it, say how the report shows them, and are built the
+one way that every command builds them."""
 
 from __future__ import annotations
 
 import inspect
+import json
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from omegaconf import DictConfig
 from vae_data import compose_vae
 
 from s18exp.paths import CONFIG_DIR
+from s18exp.report.spec import TaskSpec, spec_in
 from s18exp.tasks import Task, build, task_for
 from s18exp.tasks.segmentation import SegmentationTask
 from s18exp.tasks.vae import VAETask
@@ -50,7 +52,7 @@ def test_each_task_method_takes_the_arguments_of_the_contract(name: str) -> None
     """What a type checker would say of the signatures: each method takes the contract's parameters in the same
     positions (callers pass them positionally; a task names them its way, e.g. masks or labels for the targets),
     with a default where the contract has one; anything more is optional."""
-    assert {"build_data", "evaluate", "test", "finalize", "example_input"} <= set(CONTRACT_METHODS)
+    assert {"build_data", "evaluate", "test", "finalize", "report_spec", "example_input"} <= set(CONTRACT_METHODS)
     for method in CONTRACT_METHODS:
         wanted = list(inspect.signature(getattr(Task, method)).parameters.values())
         own = list(inspect.signature(getattr(TASK_CLASSES[name], method)).parameters.values())
@@ -73,6 +75,32 @@ def test_the_example_input_goes_through_the_model(name: str) -> None:
         out = model(*inputs)
     first = out[0] if isinstance(out, tuple) else out
     assert first.shape[-2:] == (cfg.data.image_size, cfg.data.image_size)
+
+
+@pytest.mark.parametrize("name", TASK_CLASSES)
+def test_the_report_spec_survives_summary_json(name: str) -> None:
+    task = task_for(config_of(name))
+    spec = task.report_spec()
+    summary = json.loads(json.dumps({"task": name, "report": spec.as_dict()}))
+    assert spec_in(summary) == spec
+    assert spec.name == name and spec.identity == task.combo_keys
+    assert spec.required == f"test/{task.monitor}" and spec.required in [c.key for c in spec.columns]
+
+
+def test_the_unet_spec_names_the_classes_of_its_scheme() -> None:
+    for scheme, classes in (("trimap", ("pet", "background", "border")), ("binary", ("background", "pet"))):
+        spec = SegmentationTask(unet_config(f"data.classes={scheme}")).report_spec()
+        assert spec.picture_legend == classes and spec.picture == "predictions.png"
+        assert [key for key, _ in spec.bar_keys] == [f"test/iou_{c}" for c in classes]
+        assert [c.key for c in spec.columns if c.key.startswith("test/iou_")] == [f"test/iou_{c}" for c in classes]
+
+
+def test_a_block_that_is_not_a_spec_reads_as_none() -> None:
+    block = SegmentationTask(unet_config()).report_spec().as_dict()
+    assert spec_in({}) is None and spec_in(None) is None and spec_in({"report": [1]}) is None
+    assert spec_in({"report": {**block, "columns": [{"key": "test/miou"}]}}) is None
+    assert spec_in({"report": {k: v for k, v in block.items() if k != "title"}}) is None
+    assert isinstance(spec_in({"report": block}), TaskSpec)
 
 
 def test_build_makes_the_task_its_data_and_its_model(tiny_pets: TinyPets, tmp_path: Path) -> None:

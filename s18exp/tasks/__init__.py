@@ -1,8 +1,9 @@
 """One module per task: what differs between the UNet and the VAE lives there and nowhere else.
 
 `Task` is everything the rest of the package asks of a task: the training command (s18exp/run.py and the loop),
-the LR range test, the model summary and the commands that read a checkpoint. `task_for` builds the task a
-config names; `build` builds its task, data and model, in the order a run builds them.
+the LR range test, the model summary, the commands that read a checkpoint, and the report, which reads what
+a task says of itself from the summary.json of each run. `task_for` builds the task a config names; `build`
+builds its task, data and model, in the order a run builds them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from torch import nn
 
 if TYPE_CHECKING:
     from s18exp.data import Batches
+    from s18exp.report.spec import TaskSpec
     from s18exp.runtime import Runtime
     from s18exp.tracking import Tracker
 
@@ -56,6 +58,9 @@ class Task(Protocol):
 
     def finalize(self, model: nn.Module, data: Any, runtime: Runtime, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
         """After testing: the run's pictures (and any score they need); returns the entries it adds to summary.json."""
+
+    def report_spec(self) -> TaskSpec:
+        """How the report shows this task's runs: its metric keys, picture files and class names."""
 
 
 def task_for(cfg: DictConfig, class_names: list[str] | None = None) -> Task:

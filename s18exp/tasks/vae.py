@@ -33,6 +33,7 @@ from s18exp.judge_training import judge_for
 from s18exp.models.judge import classify
 from s18exp.models.vae import BernoulliLikelihood, GaussianLikelihood, check_condition, gaussian_kl
 from s18exp.pictures import captioned_grid, font, side_by_side, titled, to_pil
+from s18exp.report.spec import Column, Curve, CurvePanel, TaskSpec
 from s18exp.tracking import Tracker
 
 PICTURE_SEED = 0  # not the run's seed: every run shows the same test images with the same wrong labels
@@ -50,6 +51,7 @@ FILES = {
     "reconstructions": "reconstructions.png",
     "samples": "samples.png",
 }
+MEDIA = {picture: f"test/{picture}" for picture in FILES}  # the same pictures in W&B
 
 
 def likelihood_for(loss: DictConfig) -> nn.Module:
@@ -172,6 +174,44 @@ class VAETask:
     def example_input(self, image_size: int) -> tuple[torch.Tensor, ...]:
         """One zero image of `image_size` and its label, class 0: a batch of one."""
         return torch.zeros(1, int(self.cfg.model.in_channels), image_size, image_size), torch.zeros(1, dtype=torch.long)
+
+    def report_spec(self) -> TaskSpec:
+        """The report's section of VAE runs: the ELBO's terms, the judge's wrong-label scores, and
+        wrong_labels.png side by side."""
+        return TaskSpec(
+            name=self.name,
+            title="Label-conditioned VAE",
+            identity=self.combo_keys,
+            required=f"test/{self.monitor}",
+            columns=(
+                Column("test/elbo", "test -ELBO (nats)", "min"),
+                Column("test/recon", "recon (nats)", "min"),
+                Column("test/kl", "KL (nats)", None),
+                Column("test/label_follow_acc", "label follow", "max"),
+                Column("test/input_keep_acc", "input keep", None),
+                Column("judge/test_acc", "judge acc", None),
+            ),
+            curve_panels=(
+                CurvePanel("negative ELBO (train solid, val dashed)", (Curve("train/loss", "train", "-"), Curve("val/elbo", "val", "--"))),
+                CurvePanel("validation recon (solid) and KL (dashed), nats; log scale", (Curve("val/recon", "recon", "-"), Curve("val/kl", "KL", "--")), log_y=True),
+            ),
+            bars_title="wrong-label scores (judge classifier)",
+            bar_keys=(("test/label_follow_acc", "label follow"), ("test/input_keep_acc", "input keep")),
+            picture=FILES["wrong_labels"],
+            picture_columns=2,  # input grid | output grid (wrong_labels_figure)
+            picture_shared=1,
+            picture_scores=(("test/label_follow_acc", "follow"), ("test/input_keep_acc", "keep")),
+            wandb_lines=(("train loss and validation -ELBO", ("train/loss", "val/elbo")), ("validation recon and KL", ("val/recon", "val/kl"))),
+            wandb_bars=(
+                ("test -ELBO", ("test/elbo",)),
+                ("wrong-label scores", ("test/label_follow_acc", "test/input_keep_acc", "judge/test_acc")),
+            ),
+            wandb_media=(MEDIA["wrong_labels"], MEDIA["reconstructions"], MEDIA["samples"]),
+            notes=(
+                "label follow: share of wrong-label outputs that the judge classifies as the GIVEN label; "
+                "input keep: share it classifies as the input's TRUE label (not ranked: a diagnostic).",
+            ),
+        )
 
     @staticmethod
     def to_input(images: torch.Tensor) -> torch.Tensor:
@@ -380,10 +420,10 @@ class VAETask:
         tracker.log(
             {
                 **scores,
-                "test/wrong_labels": tracker.image(figure, caption="input | output given a wrong label"),
-                "test/label_sweep": tracker.image(sweep_figure, caption="rows: test inputs; columns: the input, then its output under each label"),
-                "test/reconstructions": tracker.image(recon_figure),
-                "test/samples": tracker.image(sample_figure, caption="z ~ N(0, I), one row per class"),
+                MEDIA["wrong_labels"]: tracker.image(figure, caption="input | output given a wrong label"),
+                MEDIA["label_sweep"]: tracker.image(sweep_figure, caption="rows: test inputs; columns: the input, then its output under each label"),
+                MEDIA["reconstructions"]: tracker.image(recon_figure),
+                MEDIA["samples"]: tracker.image(sample_figure, caption="z ~ N(0, I), one row per class"),
             }
         )
         return scores
