@@ -1,4 +1,5 @@
-"""Reading checkpoints safely: the one place where `predict`, `generate` and a resumed run open a `.pt` file.
+"""Reading checkpoints safely: the one place where `predict`, `score`, `generate` and a resumed run open a
+`.pt` file, and where the commands that read one build its task and model (`load_checkpoint`).
 
 A checkpoint may come from elsewhere (a W&B artifact, a download, a colleague), so loading one never runs
 code from it:
@@ -23,15 +24,17 @@ import inspect
 import pickle
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
 import torch
 import yaml
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from s18exp.errors import UserError
 from s18exp.paths import CONFIG_DIR
+from s18exp.tasks import Task, task_for
+
+T = TypeVar("T", bound=Task)
 
 
 @lru_cache(maxsize=1)
@@ -94,20 +97,25 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-def load_checkpoint(path: Path, device: torch.device) -> tuple[Any, torch.nn.Module, DictConfig, dict[str, Any]]:
-    """(task, model in eval mode on `device`, config, the checkpoint's contents) of a checkpoint for inference."""
+@overload
+def load_checkpoint(path: Path, device: torch.device) -> tuple[Task, torch.nn.Module, DictConfig]: ...
+@overload
+def load_checkpoint(path: Path, device: torch.device, kind: type[T]) -> tuple[T, torch.nn.Module, DictConfig]: ...
+def load_checkpoint(path: Path, device: torch.device, kind: type[Task] | None = None) -> tuple[Task, torch.nn.Module, DictConfig]:
+    """(task, model in eval mode on `device`, config) of a checkpoint for inference: the task built from the
+    checkpoint's config and class names, the model with its weights. `kind`: the task class the caller needs
+    (a UserError for a checkpoint of another task)."""
     state = read_checkpoint(path)
     cfg = OmegaConf.create(state["config"])
-    task_target = OmegaConf.select(cfg, "task._target_")
-    if task_target is None:
+    if OmegaConf.select(cfg, "task._target_") is None:
         raise UserError(f"{path} has no task._target_ in its config; give a .pt file that s18exp wrote")
-    task_class = get_class(task_target)
-    accepts_names = "class_names" in inspect.signature(task_class).parameters
-    task = task_class(cfg, class_names=state.get("class_names")) if accepts_names else task_class(cfg)
+    task = task_for(cfg, class_names=state.get("class_names"))
+    if kind is not None and not isinstance(task, kind):
+        raise UserError(f"ckpt={path} is a task={task.name} checkpoint; this command needs one of task={kind.name}")
     model = task.build_model()
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
         first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
         raise UserError(f"{path}: the weights do not fit the model its config describes ({first[:160]}); the file is damaged or edited") from None
-    return task, model.to(device).eval(), cfg, state
+    return task, model.to(device).eval(), cfg

@@ -52,18 +52,6 @@ def _int(args: dict, key: str) -> int:
         raise UserError(f"{key}={args[key]!r} must be an integer") from None
 
 
-def load(ckpt: Path, device: torch.device, root: str | None) -> tuple[VAETask, torch.nn.Module]:
-    """The task (config and class names from the checkpoint) and the trained model, in eval mode."""
-    if not ckpt.is_file():
-        raise UserError(f"ckpt={ckpt} does not exist; give RUN_DIR/checkpoints/best.pt of a finished task=vae run")
-    task, model, cfg, _ = load_checkpoint(ckpt, device)
-    if not isinstance(task, VAETask):
-        raise UserError(f"ckpt={ckpt} is not a task=vae checkpoint; generate needs a VAE")
-    if root is not None:
-        cfg.data.root = root
-    return task, model
-
-
 def resolve_label(value: str, class_names: list[str]) -> int:
     """A class index or a class name -> the index, checked against the class range."""
     if value in class_names and not value.lstrip("-").isdigit():
@@ -124,9 +112,11 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"output={output} must end in .npz")
         ckpt = cli.checkpoint_file(args["ckpt"])
         device = cli.device(args["device"])
-        task, model = load(ckpt, device, args["root"])
+        task, model, cfg = load_checkpoint(ckpt, device, VAETask)
+        if args["root"] is not None:
+            cfg.data.root = args["root"]
         label = resolve_label(args["label"], task.class_names) if args["label"] is not None else None
-        precision = cli.precision(args["precision"], str(OmegaConf.select(task.cfg, "trainer.precision", default="fp32")), device)
+        precision = cli.precision(args["precision"], str(OmegaConf.select(cfg, "trainer.precision", default="fp32")), device)
         # Only the test split is needed: one train and one val item keep the rest of the loading short.
         test = task.build_data(limit_train=1, limit_val=1, limit_test=None).test
         runtime = Runtime(device, precision, channels_last=False)

@@ -438,9 +438,9 @@ def plot(curve: Curve, title: str = "LR range test") -> Image.Image:
 def lr_find(cfg: DictConfig) -> Curve:
     """`python -m s18exp.lr_find`: build the composed config's task, data and model, run the test, write its files."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.utils import get_class
 
     from s18exp.runtime import resolve_device, resolve_precision, seed_everything
+    from s18exp.tasks import build
 
     validate(cfg)
     if cfg.trainer.get("lr_find") is None:
@@ -449,9 +449,8 @@ def lr_find(cfg: DictConfig) -> Curve:
     seed_everything(cfg.seed)
     device = resolve_device(cfg.trainer.device)
     runtime = Runtime(device, resolve_precision(cfg.trainer.precision, device), cfg.trainer.channels_last)
-    task = get_class(cfg.task._target_)(cfg)
-    data = task.build_data()
-    model = runtime.prepare_model(task.build_model())
+    task, data, model = build(cfg)
+    model = runtime.prepare_model(model)
     console.info(f"{cfg.run_name}: {device} {runtime.precision}, run dir {run_dir}")
     curve = find_lr(cfg, task, model, data.train, runtime, run_dir)
     console.info(f"wrote {run_dir / PNG_FILE} and {run_dir / JSON_FILE}; train with it: python -m s18exp ... trainer.lr={curve.pick:.3g}")

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from PIL import Image
 
 from s18exp import cli, console
@@ -69,15 +69,6 @@ def image_files(source: Path) -> list[Path]:
     if not files:
         raise UserError(f"input={source} holds no image files; give a folder of images PIL can read")
     return files
-
-
-def load_model(ckpt: Path, device: torch.device) -> tuple[SegmentationTask, torch.nn.Module, DictConfig]:
-    if not ckpt.is_file():
-        raise UserError(f"ckpt={ckpt} does not exist; give RUN_DIR/checkpoints/best.pt of a finished run")
-    task, model, cfg, _ = load_checkpoint(ckpt, device)
-    if not isinstance(task, SegmentationTask):
-        raise UserError(f"ckpt={ckpt} is not a task=unet checkpoint; predict needs a segmentation model")
-    return task, model, cfg
 
 
 def read_image(path: Path, size: int) -> tuple[Image.Image, torch.Tensor]:
@@ -160,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         files = image_files(Path(args["input"]))
         ckpt = cli.checkpoint_file(args["ckpt"])
         device = cli.device(args["device"])
-        task, model, cfg = load_model(ckpt, device)
+        task, model, cfg = load_checkpoint(ckpt, device, SegmentationTask)
         tta = tta_mode(args["tta"], "tta") if args["tta"] is not None else task.tta
         scales = tta_scales(args["tta_scales"], "tta_scales") if args["tta_scales"] is not None else task.tta_scales
         precision = cli.precision(args["precision"], str(OmegaConf.select(cfg, "trainer.precision", default="fp32")), device)

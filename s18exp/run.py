@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
 from s18exp import console, distributed
@@ -33,8 +32,10 @@ from s18exp.loop import fit, truncate_metrics
 from s18exp.runtime import Runtime, resolve_device, resolve_precision, seed_everything, set_deterministic
 from s18exp.config import AUTO
 from s18exp.lr_find import log_to as log_lr_find, resolve_auto
+from s18exp.report.spec import SUMMARY_BLOCK
 from s18exp.stopping import Interrupted, StopRequest
 from s18exp.summary import example_input, totals as model_totals
+from s18exp.tasks import build
 from s18exp.tracking import Tracker
 
 SUMMARY = "summary.json"
@@ -189,10 +190,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         torch.cuda.set_device(device)
     runtime = Runtime(device, resolve_precision(cfg.trainer.precision, device), cfg.trainer.channels_last, dist, bool(cfg.trainer.deterministic))
 
-    task = get_class(cfg.task._target_)(cfg)
-    data = task.build_data()
-    model = runtime.prepare_model(task.build_model())
-    sizes = model_totals(model, example_input(cfg, task, model, device))  # params, size, FLOPs per image
+    task, data, model = build(cfg)
+    model = runtime.prepare_model(model)
+    sizes = model_totals(model, example_input(cfg, task, model))  # params, size, FLOPs per image
     params = sizes.params
     resume = read_checkpoint(resume_path) if resume_path else None
     if resume is not None:
@@ -239,7 +239,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             name=cfg.run_name,
             group=wandb_group(cfg),
             job_type=identity["task"],
-            tags=[str(v) for k, v in identity.items() if k in ("encoder", "decoder", "loss", "dataset", "condition")],
+            tags=[str(identity[key]) for key in task.combo_keys],
             config={**resolved, **sizes.as_config(), **lr_pick, "precision_resolved": runtime.precision},
             init_timeout=cfg.wandb.init_timeout,
             run_id=resume.get("wandb_id") if resume else None,
@@ -255,7 +255,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         distributed.barrier(dist)
         best = read_checkpoint(run_dir / "checkpoints" / "best.pt")
         model.load_state_dict(best["model"])
-        test_scores = score_test(task, model, test, runtime)
+        test_scores = task.test(model, test, runtime)
         extra = task.finalize(model, data, runtime, run_dir, tracker) if dist.is_main else {}
         summary = {
             **{f"test/{k}": v for k, v in test_scores.items()},
@@ -274,10 +274,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "run_name": cfg.run_name,
             **identity,
             "status": "complete",
+            SUMMARY_BLOCK: task.report_spec().as_dict(),
         }
         if dist.is_main:
             atomic_write_json(summary, run_dir / SUMMARY)
-            tracker.summarize(summary)
+            tracker.summarize({k: v for k, v in summary.items() if k != SUMMARY_BLOCK})
             if cfg.wandb.log_checkpoint:
                 tracker.log_artifact(run_dir / "checkpoints" / "best.pt", name=f"{cfg.run_name}-best")
             console.show_metrics(
@@ -295,12 +296,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise
     tracker.finish()
     return summary
-
-
-def score_test(task: Any, model: torch.nn.Module, test: Batches, runtime: Runtime) -> dict[str, float]:
-    """The test scores: the task's own `test` where it has one (the UNet scores at each image's original
-    resolution), else the `evaluate` that validation uses."""
-    return getattr(task, "test", task.evaluate)(model, test, runtime)
 
 
 def read_last_state(run_dir: Path) -> dict[str, Any]:

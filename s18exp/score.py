@@ -17,12 +17,12 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from s18exp import cli, console
+from s18exp.checkpoint import load_checkpoint
 from s18exp.data import Batches
 from s18exp.errors import UserError
 from s18exp.io import atomic_write_json
-from s18exp.predict import load_model
 from s18exp.runtime import Runtime
-from s18exp.tasks.segmentation import scales_text, tta_mode, tta_scales
+from s18exp.tasks.segmentation import SegmentationTask, scales_text, tta_mode, tta_scales
 
 USAGE = (
     "usage: python -m s18exp.score ckpt=RUN_DIR [tta=none|flip] [tta_scales=F,F,...] [data_root=DIR] "
@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"output={args['output']} is a folder; give a file name, e.g. output=scores.json")
         ckpt = cli.checkpoint_file(args["ckpt"])
         device = cli.device(args["device"])
-        task, model, cfg = load_model(ckpt, device)
+        task, model, cfg = load_checkpoint(ckpt, device, SegmentationTask)
         if args["tta"] is not None:
             task.tta = tta_mode(args["tta"], "tta")
         if args["tta_scales"] is not None:

@@ -11,9 +11,8 @@ shape of every layer; `torch.utils.flop_counter.FlopCounterMode` counts the FLOP
 - FLOPs follow torch's counter: 2 per multiply-accumulate of convolutions (transposed too) and matrix products;
   element-wise work (BatchNorm, ReLU, pooling, interpolation, bias adds) is not counted. A 3x3 conv from Cin to
   Cout channels with an Hout x Wout output counts 2 * Cin * Cout * 9 * Hout * Wout.
-- Input: the task's `summary_input(image_size)` when it has one (a tuple of forward arguments, batch of one);
-  otherwise zeros of shape (1, model.in_channels or 3, image_size, image_size), plus a class index 0 when the
-  model's forward takes a second required argument (a label-conditioned model).
+- Input: the task's `example_input(image_size)`, the model's forward arguments for a batch of one (zeros,
+  and a class index 0 for a label-conditioned model).
 
 The same totals are printed at the start of every training run and go to its W&B config (`s18exp/run.py`).
 This command composes the config with Hydra's compose API, so it takes the main command's overrides and
@@ -22,7 +21,6 @@ writes no run dir.
 
 from __future__ import annotations
 
-import inspect
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from s18exp import console
 from s18exp.runtime import rng_state, set_rng_state
+from s18exp.tasks import Task, task_for
 
 
 @dataclass(frozen=True)
@@ -64,21 +63,10 @@ class Layer:
     params: int  # its own parameters
 
 
-def example_input(cfg: DictConfig, task: Any, model: nn.Module, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ...]:
-    """The forward arguments of one dummy image at `data.image_size` (see the module docstring)."""
-    size = int(cfg.data.image_size)
-    if hasattr(task, "summary_input"):
-        args = task.summary_input(size)
-    else:
-        channels = int(cfg.model.get("in_channels", 3))
-        args = (torch.zeros(1, channels, size, size),)
-        required = [
-            p for p in inspect.signature(model.forward).parameters.values()
-            if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
-        if len(required) >= 2:
-            args += (torch.zeros(1, dtype=torch.long),)
-    return tuple(a.to(device) for a in args)
+def example_input(cfg: DictConfig, task: Task, model: nn.Module) -> tuple[torch.Tensor, ...]:
+    """The task's forward arguments of one dummy image at `data.image_size`, on the model's device."""
+    device = next(model.parameters()).device
+    return tuple(a.to(device) for a in task.example_input(int(cfg.data.image_size)))
 
 
 def _shapes(output: Any) -> str:
@@ -165,13 +153,11 @@ def show(rows: list[Layer], total: Totals, title: str) -> None:
 
 def summarize(cfg: DictConfig) -> tuple[list[Layer], Totals]:
     """Build the composed config's model (no data) and show its summary."""
-    from hydra.utils import get_class
-
     from s18exp.config import validate
 
     validate(cfg)
     torch.manual_seed(cfg.seed)
-    task = get_class(cfg.task._target_)(cfg)
+    task = task_for(cfg)
     model = task.build_model()
     rows, total = layers(model, example_input(cfg, task, model))
     show(rows, total, f"{cfg.get('run_name', 'model')}: {type(model).__name__}")

@@ -66,7 +66,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 from PIL import Image
 from rich.console import Console
@@ -78,6 +78,7 @@ from s18exp.loop import FirstNonFinite, compiled
 from s18exp.runtime import Runtime, resolve_precision, unwrap
 from s18exp.updates import optimizer_step
 from s18exp.paths import CONFIG_DIR
+from s18exp.tasks import task_for
 
 REPO = Path(__file__).resolve().parent.parent
 COMBOS = ("mp_tr_bce", "mp_tr_dice", "strconv_tr_bce", "strconv_ups_dice")
@@ -291,7 +292,7 @@ def bench_unet(
     """Fast against plain; `with_compiled` adds a third side, the fast settings with `trainer.compile=true`
     (its first step, which compiles, is timed apart as `compile_s`)."""
     cfg = config(f"experiment={combo}", f"model.width={width}", f"data.image_size={IMAGE_SIZE}", f"trainer.batch_size={batch_size}")
-    task = get_class(cfg.task._target_)(cfg)
+    task = task_for(cfg)
     batch = unet_batch(len(task.class_names), torch.Generator().manual_seed(0), batch_size)
     fast_cfg = fast_settings(cfg, device, compile_=False)
     fast, plain = Step(cfg, fast_cfg, device, task, batch), Step(cfg, PLAIN, device, task, batch)
@@ -318,7 +319,7 @@ def bench_unet(
 
 def bench_compile(device: torch.device, windows: int, min_window_s: float) -> dict[str, Any]:
     cfg = config("experiment=mp_tr_bce", "model.width=32", f"data.image_size={IMAGE_SIZE}", f"trainer.batch_size={BATCH}")
-    task = get_class(cfg.task._target_)(cfg)
+    task = task_for(cfg)
     batch = unet_batch(len(task.class_names), torch.Generator().manual_seed(0))
     eager = Step(cfg, fast_settings(cfg, device, compile_=False), device, task, batch)
     comp = Step(cfg, fast_settings(cfg, device, compile_=True), device, task, batch)
@@ -338,8 +339,7 @@ def bench_compile(device: torch.device, windows: int, min_window_s: float) -> di
 
 def bench_vae(dataset: str, device: torch.device, windows: int, min_window_s: float) -> dict[str, Any]:
     cfg = config("task=vae", f"data={dataset}")
-    data_class = get_class(cfg.data._target_)
-    task = get_class(cfg.task._target_)(cfg, class_names=data_class.classes_for(cfg.data))
+    task = task_for(cfg)
     size, channels, batch_size = int(cfg.data.image_size), int(cfg.data.channels), int(cfg.trainer.batch_size)
     g = torch.Generator().manual_seed(0)
     batch = (
@@ -413,7 +413,7 @@ def bench_data(data_root: Path | None, device: torch.device, quick: bool, window
         write_jpegs(temp)
         data_root, source = temp, "JPEGs written by the benchmark (500x375)"
     cfg = config(f"data.root={data_root}", f"data.image_size={IMAGE_SIZE}", "data.download=false")
-    task = get_class(cfg.task._target_)(cfg)
+    task = task_for(cfg)
     out: dict[str, Any] = {"source": source, "root": str(data_root)}
     try:
         if not quick:  # the one-time decode that fills the cache, into a fresh cache folder
@@ -525,7 +525,7 @@ def bench_predict(data_root: Path | None, device: torch.device) -> dict[str, Any
     from s18exp import predict
 
     cfg = config(f"data.image_size={IMAGE_SIZE}", "model.width=32")
-    task = get_class(cfg.task._target_)(cfg)
+    task = task_for(cfg)
     torch.manual_seed(0)
     model = task.build_model()
     out: dict[str, Any] = {"image_size": IMAGE_SIZE, "width": 32, "device": str(device)}

@@ -25,6 +25,7 @@ from s18exp.runtime import rng_state, set_rng_state
 from s18exp.paths import CONFIG_DIR
 from s18exp.run import check_resumable
 from s18exp.tasks.segmentation import SegmentationTask
+from s18exp.tasks.vae import VAETask
 
 
 def compose_config(*overrides: str):
@@ -198,9 +199,20 @@ def test_a_checkpoint_written_on_a_gpu_loads_with_cpu_rng_states(tmp_path: Path)
 def test_load_checkpoint_builds_the_task_and_model_on_the_device(tmp_path: Path) -> None:
     state = plain_checkpoint(compose_config())
     torch.save(state, tmp_path / "best.pt")
-    task, model, cfg, _ = load_checkpoint(tmp_path / "best.pt", torch.device("cpu"))
+    task, model, cfg = load_checkpoint(tmp_path / "best.pt", torch.device("cpu"))
     assert isinstance(task, SegmentationTask) and cfg.model.width == 4 and not model.training
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state["model"].items())
+
+
+def test_load_checkpoint_refuses_another_task_or_other_classes(tmp_path: Path, capsys) -> None:
+    torch.save(plain_checkpoint(compose_config()), tmp_path / "unet.pt")
+    with pytest.raises(UserError, match="is a task=unet checkpoint; this command needs one of task=vae"):
+        load_checkpoint(tmp_path / "unet.pt", torch.device("cpu"), VAETask)
+    assert generate.main([f"ckpt={tmp_path / 'unet.pt'}", "n=1", f"output={tmp_path / 'out.npz'}"]) == 2
+    assert "needs one of task=vae" in one_error_line(capsys.readouterr().err)
+    torch.save(plain_checkpoint(compose_config(), class_names=["background", "pet"]), tmp_path / "edited.pt")
+    with pytest.raises(UserError, match=r"the checkpoint's classes \['background', 'pet'\] differ from data.classes=trimap"):
+        load_checkpoint(tmp_path / "edited.pt", torch.device("cpu"), SegmentationTask)
 
 
 # --- resume refuses a different training ------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from functools import lru_cache
 import socket
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from conftest import TinyPets, cli_env, smoke_overrides_for
 from PIL import Image
 from rich.console import Console
 
+from s18exp.paths import CONFIG_DIR
 from s18exp.pictures import captioned_grid
 from s18exp.report import wandb_report as wb
 from s18exp.report.__main__ import main
@@ -29,6 +31,8 @@ from s18exp.report.build import make_report
 from s18exp.report.callback import ReportCallback
 from s18exp.report.collect import collect
 from s18exp.report.table import build_sections
+from s18exp.tasks.segmentation import SegmentationTask
+from s18exp.tasks.vae import VAETask
 
 SWEEP = "sweep-x"
 CLASSES = ("pet", "background", "border")
@@ -92,6 +96,25 @@ def write_wandb(run: Path, run_id: str) -> Path:
     return folder
 
 
+@lru_cache
+def report_block(task: str, *overrides: str) -> str:
+    """The `report` block that a complete run of `task` writes into summary.json, as JSON text."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"task={task}", *overrides])
+    task_class = SegmentationTask if task == "unet" else VAETask
+    return json.dumps(task_class(cfg).report_spec().as_dict())
+
+
+def unet_block(*overrides: str) -> dict[str, Any]:
+    return json.loads(report_block("unet", *overrides))
+
+
+def vae_block() -> dict[str, Any]:
+    return json.loads(report_block("vae"))
+
+
 def unet_summary(combo: str, seed: int, miou: float, ious: tuple, seconds: float) -> dict[str, Any]:
     enc, dec, loss, *_ = IDENTITY[combo]
     return {
@@ -99,7 +122,7 @@ def unet_summary(combo: str, seed: int, miou: float, ious: tuple, seconds: float
         **{f"test/iou_{c}": v for c, v in zip(CLASSES, ious)},
         "best_epoch": 3, "epochs_completed": 3, "train_seconds": seconds, "params": 1234,
         "task": "unet", "encoder": enc, "decoder": dec, "loss": loss, "seed": seed, "combo": combo,
-        "run_name": f"{combo}-s{seed}", "status": "complete",
+        "run_name": f"{combo}-s{seed}", "status": "complete", "report": unet_block(),
     }
 
 
@@ -240,6 +263,7 @@ def test_runs_of_two_tasks_get_one_section_each(sweep: Path) -> None:
             "test/label_follow_acc": follow, "test/input_keep_acc": 1 - follow, "best_epoch": 2, "train_seconds": 5.0,
             "params": 99, "task": "vae", "dataset": "mnist", "condition": condition, "encoder": "maxpool",
             "decoder": "transpose", "loss": "bce", "seed": 0, "combo": f"vae_mnist_{condition}_mp_tr", "status": "complete",
+            "report": vae_block(),
         }
         (run / "summary.json").write_text(json.dumps(summary))
         (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "train/loss": 120.0, "val/elbo": 110.0, "val/recon": 100.0, "val/kl": 10.0}) + "\n")
@@ -257,6 +281,40 @@ def test_runs_of_two_tasks_get_one_section_each(sweep: Path) -> None:
     assert "## UNet segmentation" in md and "## Label-conditioned VAE" in md
     assert "| combo | dataset | condition | encoder | decoder | loss | n | test -ELBO (nats) |" in md
     assert (sweep / "report-vae-pictures.png").is_file() and (sweep / "report-vae-bars.png").is_file()
+
+
+def test_a_section_is_what_its_runs_wrote_of_their_task(tmp_path: Path) -> None:
+    sweep = tmp_path / "s"
+    for job, (scheme, ious) in enumerate([("binary", {"background": 0.9, "pet": 0.8}), ("binary", {"background": 0.7, "pet": 0.6})]):
+        run = sweep / f"{job}_mp_tr_bce-s{job}"
+        write_config(run, "mp_tr_bce", job, sweep)
+        summary = {**unet_summary("mp_tr_bce", job, 0.5, (), 1.0), "report": unet_block(f"data.classes={scheme}")}
+        summary.update({f"test/iou_{c}": v for c, v in ious.items()})
+        (run / "summary.json").write_text(json.dumps(summary))
+    (section,) = build_sections(collect(sweep))
+    assert [c.label for c in section.columns] == [
+        "test mIoU", "IoU background", "IoU pet", "Dice", "pixel acc", "best epoch", "train time (s)", "params",
+    ]
+    assert section.spec.picture_legend == ("background", "pet")
+    (row,) = section.rows
+    assert row.cells["test/iou_pet"].mean == pytest.approx(0.7) and row.cells["test/iou_pet"].n == 2
+
+
+def test_a_run_that_wrote_no_task_spec_gets_the_table_of_its_test_keys(tmp_path: Path) -> None:
+    sweep = tmp_path / "s"
+    for job, block in enumerate([None, {"title": "not a spec"}]):
+        run = sweep / f"{job}_mp_tr_bce-s{job}"
+        write_config(run, "mp_tr_bce", job, sweep)
+        summary = {k: v for k, v in unet_summary("mp_tr_bce", job, 0.5, (0.5, 0.5, 0.5), 1.0).items() if k != "report"}
+        (run / "summary.json").write_text(json.dumps(summary if block is None else {**summary, "report": block}))
+    (section,) = build_sections(collect(sweep))
+    assert section.spec.title == "task unet" and section.spec.identity == ("combo",)
+    keys = [c.key for c in section.columns]
+    assert keys[-3:] == ["best_epoch", "train_seconds", "params"]
+    assert set(keys[:-3]) == {"test/miou", "test/dice", "test/pixel_acc", "test/loss", *(f"test/iou_{c}" for c in CLASSES)}
+    assert not any(c.better for c in section.columns[:-3])
+    (row,) = section.rows
+    assert row.label == "mp_tr_bce" and row.cells["test/miou"].n == 2
 
 
 def test_no_runs_is_one_clear_message_and_a_non_zero_exit(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -359,7 +417,8 @@ def test_time_to_quality_is_referenced_in_markdown_and_drawn_only_for_a_task_wit
     stale = sweep / "vae" / "report-vae-time-to-quality.png"
     run = sweep / "vae" / "0_vae-s0"
     write_config(run, "vae_mnist_both_mp_tr", 0, sweep / "vae", task="vae", dataset="mnist", condition="both")
-    (run / "summary.json").write_text(json.dumps({"task": "vae", "test/elbo": 1.0, "status": "complete", "combo": "vae_mnist_both_mp_tr"}))
+    summary = {"task": "vae", "test/elbo": 1.0, "status": "complete", "combo": "vae_mnist_both_mp_tr", "report": vae_block()}
+    (run / "summary.json").write_text(json.dumps(summary))
     (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "val/elbo": 2.0, "epoch_seconds": 1.0}) + "\n")
     stale.write_bytes(b"an earlier report's figure")
     report(sweep / "vae")

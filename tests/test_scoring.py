@@ -19,6 +19,7 @@ from PIL import Image
 from torch import nn
 
 from s18exp import predict
+from s18exp.checkpoint import load_checkpoint
 from s18exp.data import Batches
 from s18exp.data.pets import IMAGENET_MEAN, IMAGENET_STD, PetsData
 from s18exp.errors import UserError
@@ -210,7 +211,7 @@ def test_predict_writes_the_original_resolution_argmax_of_the_tta_logits(tiny_pe
 
 def test_predict_takes_tta_from_the_checkpoint_and_refuses_an_unknown_one(tiny_pets: TinyPets, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     write_checkpoint(tmp_path / "none.pt", compose_config("eval.tta=none"))
-    task, _, _ = predict.load_model(tmp_path / "none.pt", torch.device("cpu"))
+    task, _, _ = load_checkpoint(tmp_path / "none.pt", torch.device("cpu"), SegmentationTask)
     assert task.tta == "none"
     image = tiny_pets.image_file(tiny_pets.test[0])
     assert predict.main([f"ckpt={tmp_path / 'none.pt'}", f"input={image}", f"output={tmp_path / 'out'}", "tta=twice"]) == 2

@@ -1,5 +1,5 @@
 """The package's walls: prediction and generation never load the training loop, models never talk to the
-console or W&B, and the module-level imports form no cycle."""
+console or W&B, the report never imports the code that trains, and the module-level imports form no cycle."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import s18exp
 
 PACKAGE_DIR = Path(s18exp.__file__).parent
 CONSOLE_OR_TRACKING = {"s18exp.console", "s18exp.tracking", "wandb", "rich"}
+TRAINING_CODE = ("s18exp.tasks", "s18exp.models", "s18exp.run", "s18exp.loop", "s18exp.data")
 
 
 def module_name(path: Path) -> str:
@@ -96,6 +97,17 @@ def test_models_import_no_console_or_tracking() -> None:
         imports = imported_modules(path, module_level_only=False)
         offending = {name for name in imports if name.split(".")[0] in {"wandb", "rich"} or name in CONSOLE_OR_TRACKING}
         assert not offending, f"{path.name} imports {sorted(offending)}"
+
+
+def test_the_report_knows_tasks_only_by_what_their_runs_wrote() -> None:
+    """The report reads a task's keys, files and classes from summary.json (s18exp.report.spec), never from the
+    task's code: a report of old run dirs does not depend on today's tasks."""
+    report = sorted((PACKAGE_DIR / "report").glob("*.py"))
+    assert report
+    for path in report:
+        imports = imported_modules(path, module_level_only=False)
+        offending = {name for name in imports if any(name == wall or name.startswith(f"{wall}.") for wall in TRAINING_CODE)}
+        assert not offending, f"report/{path.name} imports {sorted(offending)}"
 
 
 def test_import_graph_has_no_cycle() -> None:

@@ -2,7 +2,8 @@
 
 A run dir is a folder holding `.hydra/config.yaml`, `summary.json` or `metrics.jsonl`; the search does
 not descend into a run dir once found. A run is complete when `summary.json` is a valid JSON object with
-`status: complete` and its task's main test metric; every other run is kept, with the reason it is not.
+`status: complete` and the main test metric its TaskSpec names; every other run is kept, with the reason it
+is not.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from s18exp.report.tasks import spec_for
+from s18exp.report.spec import TaskSpec, spec_in
 
 SUMMARY = "summary.json"
 METRICS = "metrics.jsonl"
@@ -26,17 +27,8 @@ CONFIG = f"{HYDRA_DIR}/config.yaml"
 HYDRA = f"{HYDRA_DIR}/hydra.yaml"
 MARKERS = (CONFIG, SUMMARY, METRICS)
 SKIP_DIRS = {"wandb", "checkpoints", "__pycache__"}
-# Where each identity field lives in the config when summary.json lacks it (or is missing).
-CONFIG_KEYS = {
-    "encoder": "encoder.name",
-    "decoder": "decoder.name",
-    "loss": "loss.name",
-    "dataset": "data.name",
-    "condition": "model.condition",
-    "seed": "seed",
-    "combo": "combo",
-    "run_name": "run_name",
-}
+# What names every run, in summary.json and, where that lacks it (or is missing), at the same key of the config.
+NAMING = ("seed", "combo", "run_name")
 
 
 @dataclass
@@ -47,6 +39,7 @@ class Run:
     config: Any  # an OmegaConf DictConfig, or None when .hydra/config.yaml is missing or unreadable
     task: str
     identity: dict[str, Any]
+    spec: TaskSpec | None  # what the run wrote of its task for the report; None when it wrote nothing
     problem: str | None = None  # why the run is not complete; None when it is
     wandb_group: str | None = None
     wandb_project: str | None = None
@@ -102,13 +95,11 @@ def read_run(path: Path) -> Run:
     summary, problem = _read_summary(path)
     choices = config_value(hydra, "hydra.runtime.choices") or {}
     task = str((summary or {}).get("task") or choices.get("task") or "unknown")
-    spec = spec_for(task)
-    identity = {}
-    for key in (*spec.identity, "seed", "combo", "run_name"):
+    spec = spec_in(summary)
+    identity = {key: summary.get(key) for key in spec.identity} if spec else {}
+    for key in NAMING:
         value = (summary or {}).get(key)
-        if value is None:
-            value = config_value(config, CONFIG_KEYS.get(key, key))
-        identity[key] = value
+        identity[key] = value if value is not None else config_value(config, key)
     if problem is None:
         status = summary.get("status")
         if status != "complete":
@@ -117,12 +108,12 @@ def read_run(path: Path) -> Run:
                 problem += f": {str(summary['reason'])[:200]}"
             if isinstance(summary.get("epochs_completed"), int):
                 problem += f" (after {summary['epochs_completed']} epochs)"
-        elif spec.required and not isinstance(summary.get(spec.required), (int, float)):
+        elif spec is not None and spec.required and not isinstance(summary.get(spec.required), (int, float)):
             problem = f"summary.json has no number for {spec.required}"
     metrics = _read_metrics(path / METRICS)
     if problem is not None and "no summary.json" in problem:
         problem += _progress_note(metrics, config) + _last_error(path)
-    run = Run(path, summary, metrics, config, task, identity, problem)
+    run = Run(path, summary, metrics, config, task, identity, spec, problem)
     run.wandb_group = _wandb_group(config, hydra, path, identity)
     run.wandb_project = config_value(config, "wandb.project")
     run.wandb_entity = config_value(config, "wandb.entity")

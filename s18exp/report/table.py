@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from s18exp.report.collect import Run, config_value
-from s18exp.report.tasks import Column, TaskSpec, spec_for
+from s18exp.report.spec import COMMON_TAIL, Column, TaskSpec, generic_spec
 
 # Settings shown above each table, read from the runs' configs (values that differ show as "mixed").
 SETTINGS = (
@@ -107,15 +107,17 @@ def build_sections(runs: list[Run]) -> list[Section]:
 
 
 def _section(task: str, runs: list[Run]) -> Section:
-    spec = spec_for(task)
+    """The section of one task's runs, as the TaskSpec of its first complete run that wrote one describes it."""
     complete = [r for r in runs if r.complete]
+    written = next((r.spec for r in [*complete, *runs] if r.spec is not None), None)
+    spec = written or generic_spec(task)
     rows: dict[tuple, Row] = {}
     for run in complete:
         key = tuple(str(run.identity.get(k)) for k in spec.identity)
         if key not in rows:
             rows[key] = Row("", {k: run.identity.get(k) for k in spec.identity}, [])
         rows[key].runs.append(run)
-    columns = spec.columns if task in ("unet", "vae") else _generic_columns(spec, complete)
+    columns = (*(spec.columns if written else _test_columns(complete)), *COMMON_TAIL)
     for row in rows.values():
         row.runs.sort(key=lambda r: (str(r.identity.get("seed")), str(r.path)))
         row.cells = {c.key: Cell.of([r.value(c.key) for r in row.runs]) for c in columns}
@@ -125,13 +127,14 @@ def _section(task: str, runs: list[Run]) -> Section:
     return Section(task, spec, columns, ordered, [r for r in runs if not r.complete], _settings(complete or runs))
 
 
-def _generic_columns(spec: TaskSpec, runs: list[Run]) -> tuple[Column, ...]:
+def _test_columns(runs: list[Run]) -> tuple[Column, ...]:
+    """One unranked column per numeric `test/*` key of the summaries, for runs that wrote no TaskSpec."""
     keys: list[str] = []
     for run in runs:
         for key, value in (run.summary or {}).items():
             if key.startswith("test/") and isinstance(value, (int, float)) and key not in keys:
                 keys.append(key)
-    return (*(Column(k, k.removeprefix("test/"), None) for k in keys), *spec.columns)
+    return tuple(Column(k, k.removeprefix("test/"), None) for k in keys)
 
 
 def _mark_best(rows: list[Row], columns: tuple[Column, ...]) -> None:

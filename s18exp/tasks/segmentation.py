@@ -26,8 +26,11 @@ from s18exp.io import atomic_save_image
 from s18exp.runtime import Runtime
 from s18exp.metrics import ConfusionMatrix, segmentation_scores
 from s18exp.pictures import captioned_grid, overlay, to_pil, with_legend
+from s18exp.report.spec import Column, Curve, CurvePanel, TaskSpec
 from s18exp.tracking import Tracker
 
+PREDICTIONS_FILE = "predictions.png"
+PREDICTIONS_MEDIA = "test/predictions"  # the same pictures in W&B, with the masks as overlays
 PREDICTION_IMAGES = 8
 PREDICTION_SEED = 0  # not the run's seed: every run shows the same test images
 TTA_MODES = ("none", "flip")
@@ -86,14 +89,16 @@ class SegmentationTask:
 
     A config without `augment` (`~augment` on the command line, or a checkpoint's config from before
     augmentation was configurable) trains without augmentation; one without `eval.tta` tests with `flip`, one
-    without `eval.tta_scales` at the training resolution only.
+    without `eval.tta_scales` at the training resolution only. The classes are those of `data.classes`; a
+    checkpoint's `class_names` must be the same.
     """
 
     name = "unet"
     monitor = "miou"
     monitor_mode = "max"
+    combo_keys = ("encoder", "decoder", "loss")
 
-    def __init__(self, cfg: DictConfig) -> None:
+    def __init__(self, cfg: DictConfig, class_names: list[str] | None = None) -> None:
         if cfg.data.name != "pets":
             raise UserError(f"data={cfg.data.name} has no segmentation masks; task=unet takes data=pets")
         self.cfg = cfg
@@ -101,6 +106,11 @@ class SegmentationTask:
         if cfg.data.classes not in CLASS_SCHEMES:
             raise UserError(f"data.classes={cfg.data.classes!r} is unknown; use one of {'|'.join(CLASS_SCHEMES)}")
         self.class_names = CLASS_SCHEMES[cfg.data.classes][0]
+        if class_names is not None and list(class_names) != self.class_names:
+            raise UserError(
+                f"the checkpoint's classes {list(class_names)} differ from data.classes={cfg.data.classes} ({self.class_names}); "
+                "the file is damaged or edited"
+            )
         self.mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         augment = cfg.get("augment")
@@ -130,6 +140,50 @@ class SegmentationTask:
             "seed": self.cfg.seed,
             "combo": self.cfg.combo,
         }
+
+    def example_input(self, image_size: int) -> tuple[torch.Tensor, ...]:
+        """One zero image of `image_size`, a batch of one."""
+        return (torch.zeros(1, int(self.cfg.model.in_channels), image_size, image_size),)
+
+    def report_spec(self) -> TaskSpec:
+        """The report's section of UNet runs: columns, curves and bars of the segmentation scores (one IoU per
+        class), and predictions.png side by side."""
+        classes = tuple(self.class_names)
+        return TaskSpec(
+            name=self.name,
+            title="UNet segmentation (Oxford-IIIT Pet trimaps)",
+            identity=self.combo_keys,
+            required=f"test/{self.monitor}",
+            columns=(
+                Column("test/miou", "test mIoU", "max"),
+                *(Column(f"test/iou_{c}", f"IoU {c}", "max") for c in classes),
+                Column("test/dice", "Dice", "max"),
+                Column("test/pixel_acc", "pixel acc", "max"),
+            ),
+            curve_panels=(
+                CurvePanel("validation mIoU", (Curve("val/miou", "val mIoU"),)),
+                CurvePanel("loss (train solid, val dashed; log scale)", (Curve("train/loss", "train", "-"), Curve("val/loss", "val", "--")), log_y=True),
+            ),
+            bars_title="test IoU per class",
+            bar_keys=tuple((f"test/iou_{c}", c) for c in classes),
+            picture=PREDICTIONS_FILE,
+            picture_columns=3,  # image | ground truth | prediction (finalize)
+            picture_shared=2,
+            picture_scores=(("test/miou", "mIoU"),),
+            wandb_lines=(("validation mIoU", ("val/miou",)), ("train and validation loss", ("train/loss", "val/loss"))),
+            wandb_bars=(
+                ("test mIoU", ("test/miou",)),
+                ("test IoU per class", tuple(f"test/iou_{c}" for c in classes)),
+                ("test Dice and pixel accuracy", ("test/dice", "test/pixel_acc")),
+            ),
+            wandb_media=(PREDICTIONS_MEDIA,),
+            notes=(
+                "Losses of different loss functions (BCE vs Dice) are on different scales and cannot be compared; "
+                "the test metrics come from the same confusion matrix for every run and can.",
+            ),
+            time_curve=Curve("val/miou", "validation mIoU"),
+            picture_legend=classes,
+        )
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images -> ImageNet-normalised floats, in the images' memory format (NCHW from `Batches`: a
@@ -250,7 +304,7 @@ class SegmentationTask:
                 )
             )
         grid = with_legend(captioned_grid(rows, ["image", "ground truth", "prediction"], [[n, "", ""] for n in chosen.names]), self.class_names)
-        atomic_save_image(grid, run_dir / "predictions.png")
+        atomic_save_image(grid, run_dir / PREDICTIONS_FILE)
         if wandb_images and wandb_images[0] is not None:
-            tracker.log({"test/predictions": wandb_images})
+            tracker.log({PREDICTIONS_MEDIA: wandb_images})
         return {"test_scoring": f"original resolution, tta={self.tta}, {scales_text(self.tta_scales)}; test/loss at training resolution"}

@@ -33,6 +33,7 @@ from s18exp.judge_training import judge_for
 from s18exp.models.judge import classify
 from s18exp.models.vae import BernoulliLikelihood, GaussianLikelihood, check_condition, gaussian_kl
 from s18exp.pictures import captioned_grid, font, side_by_side, titled, to_pil
+from s18exp.report.spec import Column, Curve, CurvePanel, TaskSpec
 from s18exp.tracking import Tracker
 
 PICTURE_SEED = 0  # not the run's seed: every run shows the same test images with the same wrong labels
@@ -50,6 +51,7 @@ FILES = {
     "reconstructions": "reconstructions.png",
     "samples": "samples.png",
 }
+MEDIA = {picture: f"test/{picture}" for picture in FILES}  # the same pictures in W&B
 
 
 def likelihood_for(loss: DictConfig) -> nn.Module:
@@ -105,6 +107,7 @@ class VAETask:
     name = "vae"
     monitor = "elbo"
     monitor_mode = "min"
+    combo_keys = ("dataset", "condition", "encoder", "decoder", "loss")  # loss: the bce or mse likelihood
 
     def __init__(self, cfg: DictConfig, class_names: list[str] | None = None) -> None:
         self.cfg = cfg
@@ -168,6 +171,48 @@ class VAETask:
             "combo": self.cfg.combo,
         }
 
+    def example_input(self, image_size: int) -> tuple[torch.Tensor, ...]:
+        """One zero image of `image_size` and its label, class 0: a batch of one."""
+        return torch.zeros(1, int(self.cfg.model.in_channels), image_size, image_size), torch.zeros(1, dtype=torch.long)
+
+    def report_spec(self) -> TaskSpec:
+        """The report's section of VAE runs: the ELBO's terms, the judge's wrong-label scores, and
+        wrong_labels.png side by side."""
+        return TaskSpec(
+            name=self.name,
+            title="Label-conditioned VAE",
+            identity=self.combo_keys,
+            required=f"test/{self.monitor}",
+            columns=(
+                Column("test/elbo", "test -ELBO (nats)", "min"),
+                Column("test/recon", "recon (nats)", "min"),
+                Column("test/kl", "KL (nats)", None),
+                Column("test/label_follow_acc", "label follow", "max"),
+                Column("test/input_keep_acc", "input keep", None),
+                Column("judge/test_acc", "judge acc", None),
+            ),
+            curve_panels=(
+                CurvePanel("negative ELBO (train solid, val dashed)", (Curve("train/loss", "train", "-"), Curve("val/elbo", "val", "--"))),
+                CurvePanel("validation recon (solid) and KL (dashed), nats; log scale", (Curve("val/recon", "recon", "-"), Curve("val/kl", "KL", "--")), log_y=True),
+            ),
+            bars_title="wrong-label scores (judge classifier)",
+            bar_keys=(("test/label_follow_acc", "label follow"), ("test/input_keep_acc", "input keep")),
+            picture=FILES["wrong_labels"],
+            picture_columns=2,  # input grid | output grid (wrong_labels_figure)
+            picture_shared=1,
+            picture_scores=(("test/label_follow_acc", "follow"), ("test/input_keep_acc", "keep")),
+            wandb_lines=(("train loss and validation -ELBO", ("train/loss", "val/elbo")), ("validation recon and KL", ("val/recon", "val/kl"))),
+            wandb_bars=(
+                ("test -ELBO", ("test/elbo",)),
+                ("wrong-label scores", ("test/label_follow_acc", "test/input_keep_acc", "judge/test_acc")),
+            ),
+            wandb_media=(MEDIA["wrong_labels"], MEDIA["reconstructions"], MEDIA["samples"]),
+            notes=(
+                "label follow: share of wrong-label outputs that the judge classifies as the GIVEN label; "
+                "input keep: share it classifies as the input's TRUE label (not ranked: a diagnostic).",
+            ),
+        )
+
     @staticmethod
     def to_input(images: torch.Tensor) -> torch.Tensor:
         """uint8 images -> floats in [0, 1], channels_last: the encoder's input and the likelihood's target."""
@@ -223,6 +268,10 @@ class VAETask:
             sums += torch.stack([recon.sum(), kl.sum()]).double()
         recon, kl = (all_reduce_sum(sums, runtime.dist) / max(len(batches.split), 1)).tolist()
         return {"elbo": recon + kl, "recon": recon, "kl": kl}
+
+    def test(self, model: nn.Module, batches: Batches, runtime: Runtime) -> dict[str, float]:
+        """The test split scored as validation scores a split (`evaluate`); the judge's scores come from `finalize`."""
+        return self.evaluate(model, batches, runtime)
 
     @torch.no_grad()
     def outputs(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, runtime: Runtime, batch_size: int = 500) -> torch.Tensor:
@@ -371,10 +420,10 @@ class VAETask:
         tracker.log(
             {
                 **scores,
-                "test/wrong_labels": tracker.image(figure, caption="input | output given a wrong label"),
-                "test/label_sweep": tracker.image(sweep_figure, caption="rows: test inputs; columns: the input, then its output under each label"),
-                "test/reconstructions": tracker.image(recon_figure),
-                "test/samples": tracker.image(sample_figure, caption="z ~ N(0, I), one row per class"),
+                MEDIA["wrong_labels"]: tracker.image(figure, caption="input | output given a wrong label"),
+                MEDIA["label_sweep"]: tracker.image(sweep_figure, caption="rows: test inputs; columns: the input, then its output under each label"),
+                MEDIA["reconstructions"]: tracker.image(recon_figure),
+                MEDIA["samples"]: tracker.image(sample_figure, caption="z ~ N(0, I), one row per class"),
             }
         )
         return scores

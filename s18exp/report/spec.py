@@ -1,0 +1,131 @@
+"""What the report shows of a task's runs, and how a run hands that to the report.
+
+Each task describes its own section (`TaskSpec`: identity fields, table columns, curves, bars, pictures,
+W&B keys; see `report_spec` in s18exp/tasks/), and every complete run writes that description into its
+summary.json under `SUMMARY_BLOCK`, so that the report reads a task's metric keys, file names and class names
+from the run dirs alone. A run without that block (a task that does not describe itself, a summary.json
+written by hand or by an older s18exp) still gets a table of its numeric `test/*` summary keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SUMMARY_BLOCK = "report"  # the key of summary.json that holds the run's TaskSpec
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str  # key in summary.json
+    label: str
+    better: str | None  # "max", "min" or None (not ranked)
+    kind: str = "score"  # score (3 decimals) | epoch | seconds | count
+
+
+@dataclass(frozen=True)
+class Curve:
+    key: str  # key in metrics.jsonl
+    label: str
+    style: str = "-"  # matplotlib line style
+
+
+@dataclass(frozen=True)
+class CurvePanel:
+    title: str
+    curves: tuple[Curve, ...]
+    log_y: bool = False
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    title: str
+    identity: tuple[str, ...]  # the fields that make a combo (one table row)
+    required: str  # a summary key without which a run is not complete
+    columns: tuple[Column, ...]  # the task's own; every section ends with COMMON_TAIL
+    curve_panels: tuple[CurvePanel, ...]
+    bars_title: str
+    bar_keys: tuple[tuple[str, str], ...]  # (summary key, label) of the bar chart
+    picture: str  # the run's picture shown side by side, one seed per combo
+    picture_columns: int  # columns of equal width in that picture (0: show it whole)
+    picture_shared: int  # leading columns that are the same for every run (shown once); the rest per combo
+    picture_scores: tuple[tuple[str, str], ...]  # (summary key, short label) written above each picture
+    wandb_lines: tuple[tuple[str, tuple[str, ...]], ...]  # (title, metric keys) of W&B line plots
+    wandb_bars: tuple[tuple[str, tuple[str, ...]], ...]  # (title, summary keys) of W&B bar plots
+    wandb_media: tuple[str, ...]  # keys of logged images
+    notes: tuple[str, ...] = field(default_factory=tuple)
+    time_curve: Curve | None = None  # the metric drawn against cumulative training seconds (time to quality)
+    # Classes whose colours the picture's legend names (s18exp.pictures.with_legend); the report takes it off
+    # each run's picture before splitting it into columns and draws it once under the figure.
+    picture_legend: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """The spec as plain JSON values, for summary.json."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, block: dict[str, Any]) -> TaskSpec:
+        """The spec that `as_dict` wrote (JSON has turned its tuples into lists); a KeyError, TypeError or
+        ValueError when `block` is not one."""
+        time_curve = block.get("time_curve")
+        return cls(
+            name=str(block["name"]),
+            title=str(block["title"]),
+            identity=tuple(block["identity"]),
+            required=str(block["required"]),
+            columns=tuple(Column(**column) for column in block["columns"]),
+            curve_panels=tuple(
+                CurvePanel(panel["title"], tuple(Curve(**curve) for curve in panel["curves"]), bool(panel.get("log_y", False)))
+                for panel in block["curve_panels"]
+            ),
+            bars_title=str(block["bars_title"]),
+            bar_keys=_pairs(block["bar_keys"]),
+            picture=str(block["picture"]),
+            picture_columns=int(block["picture_columns"]),
+            picture_shared=int(block["picture_shared"]),
+            picture_scores=_pairs(block["picture_scores"]),
+            wandb_lines=_groups(block["wandb_lines"]),
+            wandb_bars=_groups(block["wandb_bars"]),
+            wandb_media=tuple(block["wandb_media"]),
+            notes=tuple(block.get("notes", ())),
+            time_curve=Curve(**time_curve) if time_curve is not None else None,
+            picture_legend=tuple(block.get("picture_legend", ())),
+        )
+
+
+def _pairs(items: list[Any]) -> tuple[tuple[str, str], ...]:
+    return tuple((str(key), str(label)) for key, label in items)
+
+
+def _groups(items: list[Any]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    return tuple((str(title), tuple(keys)) for title, keys in items)
+
+
+def spec_in(summary: dict[str, Any] | None) -> TaskSpec | None:
+    """The TaskSpec a run wrote into its summary.json; None when there is none or it is not one."""
+    block = (summary or {}).get(SUMMARY_BLOCK)
+    if not isinstance(block, dict):
+        return None
+    try:
+        return TaskSpec.from_dict(block)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+# The columns every run has, whatever its task (s18exp.run writes them), after the task's own.
+COMMON_TAIL = (
+    Column("best_epoch", "best epoch", None, "epoch"),
+    Column("train_seconds", "train time (s)", "min", "seconds"),
+    Column("params", "params", None, "count"),
+)
+
+
+def generic_spec(task: str) -> TaskSpec:
+    """The section of a task whose runs carry no TaskSpec: rows by combo, columns filled in from the summaries."""
+    return TaskSpec(
+        name=task, title=f"task {task}", identity=("combo",), required="", columns=(),
+        curve_panels=(CurvePanel("loss (train solid, val dashed)", (Curve("train/loss", "train"), Curve("val/loss", "val", "--"))),),
+        bars_title="", bar_keys=(), picture="", picture_columns=0, picture_shared=0, picture_scores=(), wandb_lines=(("train and validation loss", ("train/loss", "val/loss")),),
+        wandb_bars=(), wandb_media=(),
+    )
