@@ -3,8 +3,9 @@
 The test trains the freshly built model for at most `trainer.lr_find.num_steps` steps on the training split,
 raising the learning rate exponentially from `start_lr` to `end_lr` (`lr_i = start * (end/start)**(i/(N-1))`),
 and records the loss of every step. It is task-agnostic: the batch loss is the task's own
-`training_loss(model, images, targets)` under the run's autocast, and the optimiser is built from
-`trainer.optimizer` exactly as `loop.fit` builds it, so the curve describes the training that follows.
+`training_loss(model, images, targets)` under the run's autocast, the optimiser is built from
+`trainer.optimizer` exactly as `loop.fit` builds it and each update is the loop's `optimizer_step`, so the
+curve describes the training that follows.
 
 - The loss is smoothed with an exponential moving average (`smooth` is the weight of the past, 0 = raw losses)
   with bias correction, so the first points are not pulled towards zero. The average at step i mixes the losses
@@ -60,6 +61,7 @@ from torch import nn
 from s18exp.data import Batches
 from s18exp.errors import UserError
 from s18exp.runtime import Runtime, rng_state, set_rng_state
+from s18exp.updates import optimizer_step
 
 RULES = ("min_div10", "steepest")  # the pick's rules, `trainer.lr_find.rule`
 STEEPEST_SKIP = 0.1  # share of the first points the steepest rule ignores (the moving average is still young)
@@ -182,13 +184,7 @@ def range_test(
             images, targets = runtime.to_device(images, targets)
             with runtime.autocast():
                 loss = task.training_loss(model, images, targets)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if trainer.get("grad_clip") is not None:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
+            optimizer_step(model, loss, optimizer, scaler, None, trainer.get("grad_clip"))
             value = loss.item()  # the test needs every loss: one sync per step
             if not math.isfinite(value):
                 diverged = True
