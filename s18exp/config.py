@@ -8,12 +8,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from s18exp.errors import UserError
+from s18exp.lr_find.range_test import RULES
 from s18exp.paths import CONFIG_DIR
 from s18exp.runtime import PRECISIONS
 from s18exp.tracking import MODES
 
-AUTO = "auto"  # the value of trainer.lr that asks for an LR range test before training (s18exp/lr_find.py)
-RULES = ("min_div10", "steepest")  # the LR range test's pick rules
+AUTO = "auto"  # the value of trainer.lr that asks for an LR range test before training (s18exp/lr_find/)
 
 
 def default_of(key: str) -> Any:
@@ -58,7 +58,7 @@ def _choice(value: object, key: str, choices: tuple[str, ...]) -> None:
 
 
 def _lr_find_settings(cfg: DictConfig) -> None:
-    """UserError naming the key, value and fix for a bad `trainer.lr_find` value (the LR range test's, s18exp/lr_find.py)."""
+    """UserError naming the key, value and fix for a bad `trainer.lr_find` value (the LR range test's, s18exp/lr_find/)."""
     s = cfg.trainer.get("lr_find")
     if s is None:
         if cfg.trainer.lr == AUTO:
@@ -81,11 +81,12 @@ def _lr_find_settings(cfg: DictConfig) -> None:
         raise UserError(f"{key}.rule={s.rule!r} is not one of {'|'.join(RULES)}; e.g. {key}.rule={RULES[0]}")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Raise UserError naming the key, the value and the fix for the first bad value found."""
+def validate(cfg: DictConfig, lr_find: bool = False) -> None:
+    """Raise UserError naming the key, the value and the fix for the first bad value found; `lr_find`: the
+    config is for the LR range test's command, which needs `trainer.lr_find` whatever `trainer.lr` says."""
     _positive(cfg, "trainer.max_epochs")
     _positive(cfg, "trainer.batch_size")
-    if cfg.trainer.lr != AUTO:  # auto: the LR range test picks it (s18exp/lr_find.py)
+    if cfg.trainer.lr != AUTO:  # auto: the LR range test picks it (s18exp/lr_find/)
         _positive(cfg, "trainer.lr", float)
     _lr_find_settings(cfg)
     _positive(cfg, "trainer.grad_clip", float, allow_none=True)
@@ -104,3 +105,5 @@ def validate(cfg: DictConfig) -> None:
                 f"data.image_size={cfg.data.image_size} is not divisible by 2**model.depth={step}; "
                 f"use data.image_size={fit} or a smaller model.depth"
             )
+    if lr_find and cfg.trainer.get("lr_find") is None:
+        raise UserError("the config has no trainer.lr_find settings; restore them in conf/trainer/default.yaml")

@@ -1,4 +1,4 @@
-"""The plain PyTorch training loop, shared by every task: read it top to bottom.
+"""The plain PyTorch training loop, shared by every task: read `fit` top to bottom, then `train_epoch`.
 
 `fit` knows nothing task-specific: the task supplies the batch loss (`task.training_loss`) and the
 evaluation of a split (`task.evaluate`, returning a dict with the monitored metric). Each epoch trains,
@@ -19,7 +19,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from hydra.utils import instantiate
@@ -28,7 +28,7 @@ from torch import nn
 
 from s18exp import console
 from s18exp.data import Batches
-from s18exp.distributed import all_reduce_sum, any_rank
+from s18exp.distributed import Dist, all_reduce_sum, any_rank
 from s18exp.errors import TrainingError
 from s18exp.io import atomic_link, atomic_torch_save, atomic_write_text
 from s18exp.runtime import Runtime, all_rng_states, set_rng_state, unwrap
@@ -42,6 +42,8 @@ class NonFiniteLoss(TrainingError):
 
 
 class Task(Protocol):
+    """What the loop asks of a task."""
+
     monitor: str  # key of the evaluation dict that picks the best epoch
     monitor_mode: str  # "max" or "min"
 
@@ -49,13 +51,6 @@ class Task(Protocol):
         """The batch loss; `progress` is the share of training done, 0 at the first step (for schedules)."""
 
     def evaluate(self, model: nn.Module, batches: Batches, runtime: Runtime) -> dict[str, float]: ...
-
-    def finalize(self, model: nn.Module, data: Any, runtime: Runtime, run_dir: Path, tracker: Tracker) -> dict[str, Any]: ...
-
-
-def compiled(model: nn.Module, trainer: DictConfig) -> nn.Module:
-    """`model` through torch.compile when `trainer.compile` is true (the caller keeps the plain module)."""
-    return torch.compile(model) if trainer.get("compile", False) else model
 
 
 @dataclass
@@ -72,34 +67,32 @@ class TrainState:
     partial_seen: int = 0
     partial_seconds: float = 0.0
 
+    def complete_epoch(self, epoch: int, value: float, seconds: float, mode: str) -> bool:
+        """Record a finished epoch and its monitored value (`mode` "max" or "min"); True when it is the best so far."""
+        improved = self.best_epoch == 0 or (value > self.best_value if mode == "max" else value < self.best_value)
+        if improved:
+            self.best_value, self.best_epoch = value, epoch
+        self.epochs_completed = epoch
+        self.train_seconds += seconds
+        self.next_step, self.partial_loss_sum, self.partial_seen, self.partial_seconds = 0, 0.0, 0, 0.0
+        return improved
 
-def truncate_metrics(path: Path, epochs: int) -> None:
-    """Keep the lines of the first `epochs` epochs: a run killed after writing a line but before its
-    checkpoint repeats that epoch, and each epoch must appear once."""
-    if not path.exists():
-        return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line)["epoch"] <= epochs]
-    if len(kept) != len(lines):
-        atomic_write_text("".join(line + "\n" for line in kept), path)
+
+@dataclass
+class Updates:
+    """What updates the weights: the optimiser, its lr schedule (None for a constant lr) and the fp16 scaler."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
 
 
-class FirstNonFinite:
-    """The first non-finite loss of an epoch, recorded on the device, so that the step needs no host read."""
+class TrainedEpoch(NamedTuple):
+    """An epoch's training, summed over the ranks."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.step = torch.full((), -1, dtype=torch.long, device=device)
-        self.value = torch.zeros((), device=device)
-
-    def update(self, loss: torch.Tensor, step: int) -> None:
-        new = ~torch.isfinite(loss.detach()) & (self.step < 0)
-        self.step = torch.where(new, step, self.step)
-        self.value = torch.where(new, loss.detach().float(), self.value)
-
-    def read(self) -> tuple[int, float] | None:
-        """(step, loss) of the first non-finite loss, or None; one host read."""
-        step = int(self.step)
-        return None if step < 0 else (step, float(self.value))
+    loss: float  # mean over the images of the batches that updated the weights
+    images: float
+    seconds: float
 
 
 def fit(
@@ -120,149 +113,222 @@ def fit(
     `model` is the plain module (or its DDP wrapper); with `trainer.compile` the steps and evaluations run
     through torch.compile's wrapper of it, and checkpoints hold the plain module's state_dict.
     """
-    dist = runtime.dist
     step_model = compiled(model, trainer)
-    # Skipping a bad batch, and ranks agreeing on it, need to know before the update: one flag read per
-    # step. Otherwise the check stays on the device and is read with the progress display (about once a
-    # second) and before anything is saved, so that a GPU step has no host-device synchronisation.
-    check_each_step = dist.enabled or trainer.skip_nonfinite > 0
-    optimizer = instantiate(trainer.optimizer, params=model.parameters())
-    scheduler = None
-    if trainer.scheduler is not None:
-        scheduler = instantiate(trainer.scheduler, optimizer=optimizer, total_steps=trainer.max_epochs * len(train))
-    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision == "fp16")
-    state = TrainState()
-    if resume is not None:
-        unwrap(model).load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(resume["scheduler"])
-        scaler.load_state_dict(resume["scaler"])
-        state = TrainState(**resume["train_state"])
-        rngs = resume["rng"]
-        set_rng_state(rngs[dist.rank])  # run.check_resumable made sure the checkpoint has one per rank
-    better = (lambda a, b: a > b) if task.monitor_mode == "max" else (lambda a, b: a < b)
-    checkpoints = run_dir / "checkpoints"
+    updates = build_updates(model, trainer, len(train), runtime)
+    state = restore(resume, model, updates, runtime.dist) if resume is not None else TrainState()
+    checkpoints = Checkpoints(run_dir / "checkpoints", model, updates, state, runtime.dist, checkpoint_extra)
     stop = stop or StopRequest()
 
-    def save(*names: str) -> None:
-        rngs = all_rng_states(dist)
-        if not dist.is_main:
-            return
-        snapshot = {
-            "model": unwrap(model).state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "scaler": scaler.state_dict(),
-            "epoch": state.epochs_completed,
-            "train_state": asdict(state),
-            "rng": rngs,
-            **checkpoint_extra,
-        }
-        atomic_torch_save(snapshot, checkpoints / names[0])
-        for name in names[1:]:
-            atomic_link(checkpoints / names[0], checkpoints / name)
-
-    def non_finite(value: float, epoch: int, step: int) -> NonFiniteLoss:
-        kept = (
-            f"checkpoints/last.pt of epoch {state.epochs_completed} is kept"
-            if state.epochs_completed else "no epoch was complete, so there is no checkpoint"
-        )
-        return NonFiniteLoss(
-            f"loss is {value} at epoch {epoch}, step {step + 1}; {kept}; lower trainer.lr or "
-            f"set trainer.grad_clip (trainer.skip_nonfinite={trainer.skip_nonfinite} bad batches were allowed)"
-        )
-
     for epoch in range(state.epochs_completed + 1, trainer.max_epochs + 1):
-        train.set_epoch(epoch)
-        step_model.train()
-        first_bad = FirstNonFinite(runtime.device)
-
-        def check_finite() -> None:
-            if not check_each_step and (bad := first_bad.read()) is not None:
-                raise non_finite(bad[1], epoch, bad[0])
-
-        skip = state.next_step
-        loss_sum = torch.tensor(state.partial_loss_sum, device=runtime.device)
-        seen, seconds_before = state.partial_seen, state.partial_seconds
-        start = time.perf_counter()
-        style = trainer.progress if dist.is_main else "off"
-        with console.EpochProgress(epoch, trainer.max_epochs, len(train.split) // dist.world_size, style) as progress:
-            progress.advance(seen)
-            last_shown = 0.0
-            for step, (images, targets) in enumerate(train):
-                if step < skip:
-                    continue
-                images, targets = runtime.to_device(images, targets)
-                share_done = ((epoch - 1) * len(train) + step) / (trainer.max_epochs * len(train))
-                with runtime.autocast():
-                    loss = task.training_loss(step_model, images, targets, share_done)
-                if check_each_step:
-                    nonfinite = (~torch.isfinite(loss.detach())).cpu()
-                    flags = any_rank(torch.stack([nonfinite, torch.tensor(stop.signum is not None)]), dist)
-                    bad, stopping = bool(flags[0]), bool(flags[1])
-                else:
-                    first_bad.update(loss, step)
-                    bad, stopping = False, stop.signum is not None
-                if bad:
-                    state.bad_batches += 1
-                    optimizer.zero_grad(set_to_none=True)
-                    if state.bad_batches > trainer.skip_nonfinite:
-                        raise non_finite(loss.item(), epoch, step)
-                    console.warn(f"skipped a batch with a non-finite loss at epoch {epoch}, step {step + 1}")
-                else:
-                    optimizer_step(model, loss, optimizer, scaler, scheduler, trainer.grad_clip)
-                    loss_sum += loss.detach() * len(images)
-                    seen += len(images)
-                # Reading the loss syncs with the device, so the display refreshes it at most once a second.
-                now = time.perf_counter()
-                shown = None
-                if now - last_shown > 1.0 and seen:
-                    check_finite()
-                    shown, last_shown = (loss_sum / seen).item(), now
-                progress.advance(len(images), shown)
-                if stopping:
-                    check_finite()
-                    state.next_step = step + 1
-                    state.partial_loss_sum, state.partial_seen = float(loss_sum), seen
-                    state.partial_seconds = seconds_before + time.perf_counter() - start
-                    save("last.pt")
-                    raise Interrupted(stop.signum or 15)
-        check_finite()
-        epoch_seconds = seconds_before + time.perf_counter() - start
-        totals = all_reduce_sum(torch.stack([loss_sum.float().cpu(), torch.tensor(float(seen))]), dist)
-
+        trained = train_epoch(epoch, model, step_model, task, train, trainer, runtime, updates, state, checkpoints, stop)
         val_scores = task.evaluate(step_model, val, runtime)
         record = {
             "epoch": epoch,
-            "train/loss": float(totals[0] / max(float(totals[1]), 1.0)),
+            "train/loss": trained.loss,
             **{f"val/{k}": v for k, v in val_scores.items()},
-            "lr": optimizer.param_groups[0]["lr"],
-            "epoch_seconds": epoch_seconds,
-            "train_images_per_second": float(totals[1]) / epoch_seconds,
+            "lr": updates.optimizer.param_groups[0]["lr"],
+            "epoch_seconds": trained.seconds,
+            "train_images_per_second": trained.images / trained.seconds,
         }
-        if dist.is_main:
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            tracker.log(record, step=epoch)
-            console.info(
-                f"epoch {epoch}/{trainer.max_epochs}  "
-                + console.format_metrics(record, ["train/loss", "val/loss", f"val/{task.monitor}"])
-                + f"  {record['train_images_per_second']:.1f} img/s  {epoch_seconds:.1f} s"
-            )
-
-        value = val_scores[task.monitor]
-        improved = state.best_epoch == 0 or better(value, state.best_value)
-        if improved:
-            state.best_value, state.best_epoch = value, epoch
-        state.epochs_completed = epoch
-        state.train_seconds += epoch_seconds
-        state.next_step, state.partial_loss_sum, state.partial_seen, state.partial_seconds = 0, 0.0, 0, 0.0
-        if improved:
-            save("last.pt", "best.pt")
+        if runtime.dist.is_main:
+            log_epoch(record, run_dir, tracker, trainer.max_epochs, task.monitor)
+        if state.complete_epoch(epoch, val_scores[task.monitor], trained.seconds, task.monitor_mode):
+            checkpoints.save("last.pt", "best.pt")
         else:
-            save("last.pt")
+            checkpoints.save("last.pt")
         if stop.signum is not None:
             raise Interrupted(stop.signum)
 
     return state
+
+
+def train_epoch(
+    epoch: int,
+    model: nn.Module,
+    step_model: nn.Module,
+    task: Task,
+    train: Batches,
+    trainer: DictConfig,
+    runtime: Runtime,
+    updates: Updates,
+    state: TrainState,
+    checkpoints: Checkpoints,
+    stop: StopRequest,
+) -> TrainedEpoch:
+    """One epoch of updates, from `state.next_step` when the epoch was stopped part-way. A stop request saves
+    last.pt after the current step and raises `Interrupted`; too many non-finite losses raise `NonFiniteLoss`."""
+    dist = runtime.dist
+    # Skipping a bad batch, and ranks agreeing on it, need to know before the update: one flag read per
+    # step. Otherwise the check stays on the device and is read with the progress display (about once a
+    # second) and before anything is saved, so that a GPU step has no host-device synchronisation.
+    check_each_step = dist.enabled or trainer.skip_nonfinite > 0
+    train.set_epoch(epoch)
+    step_model.train()
+    first_bad = None if check_each_step else FirstNonFinite(runtime.device)
+    skip = state.next_step
+    loss_sum = torch.tensor(state.partial_loss_sum, device=runtime.device)
+    seen, seconds_before = state.partial_seen, state.partial_seconds
+    start = time.perf_counter()
+    style = trainer.progress if dist.is_main else "off"
+    with console.EpochProgress(epoch, trainer.max_epochs, len(train.split) // dist.world_size, style) as progress:
+        progress.advance(seen)
+        last_shown = 0.0
+        for step, (images, targets) in enumerate(train):
+            if step < skip:
+                continue
+            images, targets = runtime.to_device(images, targets)
+            share_done = ((epoch - 1) * len(train) + step) / (trainer.max_epochs * len(train))
+            with runtime.autocast():
+                loss = task.training_loss(step_model, images, targets, share_done)
+            if check_each_step:
+                nonfinite = (~torch.isfinite(loss.detach())).cpu()
+                flags = any_rank(torch.stack([nonfinite, torch.tensor(stop.signum is not None)]), dist)
+                bad, stopping = bool(flags[0]), bool(flags[1])
+            else:
+                first_bad.update(loss, step)
+                bad, stopping = False, stop.signum is not None
+            if bad:
+                state.bad_batches += 1
+                updates.optimizer.zero_grad(set_to_none=True)
+                if state.bad_batches > trainer.skip_nonfinite:
+                    raise non_finite_loss(loss.item(), epoch, step, state, trainer.skip_nonfinite)
+                console.warn(f"skipped a batch with a non-finite loss at epoch {epoch}, step {step + 1}")
+            else:
+                optimizer_step(model, loss, updates.optimizer, updates.scaler, updates.scheduler, trainer.grad_clip)
+                loss_sum += loss.detach() * len(images)
+                seen += len(images)
+            # Reading the loss syncs with the device, so the display refreshes it at most once a second.
+            now = time.perf_counter()
+            shown = None
+            if now - last_shown > 1.0 and seen:
+                check_deferred(first_bad, epoch, state, trainer.skip_nonfinite)
+                shown, last_shown = (loss_sum / seen).item(), now
+            progress.advance(len(images), shown)
+            if stopping:
+                check_deferred(first_bad, epoch, state, trainer.skip_nonfinite)
+                state.next_step = step + 1
+                state.partial_loss_sum, state.partial_seen = float(loss_sum), seen
+                state.partial_seconds = seconds_before + time.perf_counter() - start
+                checkpoints.save("last.pt")
+                raise Interrupted(stop.signum or 15)
+    check_deferred(first_bad, epoch, state, trainer.skip_nonfinite)
+    seconds = seconds_before + time.perf_counter() - start
+    totals = all_reduce_sum(torch.stack([loss_sum.float().cpu(), torch.tensor(float(seen))]), dist)
+    return TrainedEpoch(float(totals[0] / max(float(totals[1]), 1.0)), float(totals[1]), seconds)
+
+
+def log_epoch(record: dict[str, Any], run_dir: Path, tracker: Tracker, max_epochs: int, monitor: str) -> None:
+    """The epoch's line in metrics.jsonl, in W&B and on the terminal (rank 0's)."""
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+    tracker.log(record, step=record["epoch"])
+    console.info(
+        f"epoch {record['epoch']}/{max_epochs}  "
+        + console.format_metrics(record, ["train/loss", "val/loss", f"val/{monitor}"])
+        + f"  {record['train_images_per_second']:.1f} img/s  {record['epoch_seconds']:.1f} s"
+    )
+
+
+def compiled(model: nn.Module, trainer: DictConfig) -> nn.Module:
+    """`model` through torch.compile when `trainer.compile` is true (the caller keeps the plain module)."""
+    return torch.compile(model) if trainer.get("compile", False) else model
+
+
+def build_updates(model: nn.Module, trainer: DictConfig, steps_per_epoch: int, runtime: Runtime) -> Updates:
+    """The optimiser and schedule of `trainer.optimizer` and `trainer.scheduler`, and a scaler active under fp16."""
+    optimizer = instantiate(trainer.optimizer, params=model.parameters())
+    scheduler = None
+    if trainer.scheduler is not None:
+        scheduler = instantiate(trainer.scheduler, optimizer=optimizer, total_steps=trainer.max_epochs * steps_per_epoch)
+    scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision == "fp16")
+    return Updates(optimizer, scheduler, scaler)
+
+
+def restore(resume: dict[str, Any], model: nn.Module, updates: Updates, dist: Dist) -> TrainState:
+    """Weights, update state and this rank's RNG states from a last.pt; returns its progress."""
+    unwrap(model).load_state_dict(resume["model"])
+    updates.optimizer.load_state_dict(resume["optimizer"])
+    if updates.scheduler is not None:
+        updates.scheduler.load_state_dict(resume["scheduler"])
+    updates.scaler.load_state_dict(resume["scaler"])
+    set_rng_state(resume["rng"][dist.rank])  # run.check_resumable made sure the checkpoint has one per rank
+    return TrainState(**resume["train_state"])
+
+
+@dataclass
+class Checkpoints:
+    """Writes the checkpoints of a run: the plain module's weights, the update state, the progress, every
+    rank's RNG states and `extra` (config, class names, W&B id)."""
+
+    folder: Path
+    model: nn.Module
+    updates: Updates
+    state: TrainState
+    dist: Dist
+    extra: dict[str, Any]
+
+    def save(self, *names: str) -> None:
+        """The first name written atomically, the others linked to it; every rank calls it (the RNG states are
+        gathered), rank 0 writes."""
+        rngs = all_rng_states(self.dist)
+        if not self.dist.is_main:
+            return
+        snapshot = {
+            "model": unwrap(self.model).state_dict(),
+            "optimizer": self.updates.optimizer.state_dict(),
+            "scheduler": self.updates.scheduler.state_dict() if self.updates.scheduler is not None else None,
+            "scaler": self.updates.scaler.state_dict(),
+            "epoch": self.state.epochs_completed,
+            "train_state": asdict(self.state),
+            "rng": rngs,
+            **self.extra,
+        }
+        atomic_torch_save(snapshot, self.folder / names[0])
+        for name in names[1:]:
+            atomic_link(self.folder / names[0], self.folder / name)
+
+
+class FirstNonFinite:
+    """The first non-finite loss of an epoch, recorded on the device, so that the step needs no host read."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.step = torch.full((), -1, dtype=torch.long, device=device)
+        self.value = torch.zeros((), device=device)
+
+    def update(self, loss: torch.Tensor, step: int) -> None:
+        new = ~torch.isfinite(loss.detach()) & (self.step < 0)
+        self.step = torch.where(new, step, self.step)
+        self.value = torch.where(new, loss.detach().float(), self.value)
+
+    def read(self) -> tuple[int, float] | None:
+        """(step, loss) of the first non-finite loss, or None; one host read."""
+        step = int(self.step)
+        return None if step < 0 else (step, float(self.value))
+
+
+def check_deferred(first_bad: FirstNonFinite | None, epoch: int, state: TrainState, allowed: int) -> None:
+    """Raise NonFiniteLoss when the epoch's deferred check (None: checked at each step) recorded a non-finite loss."""
+    if first_bad is not None and (bad := first_bad.read()) is not None:
+        raise non_finite_loss(bad[1], epoch, bad[0], state, allowed)
+
+
+def non_finite_loss(value: float, epoch: int, step: int, state: TrainState, allowed: int) -> NonFiniteLoss:
+    kept = (
+        f"checkpoints/last.pt of epoch {state.epochs_completed} is kept"
+        if state.epochs_completed else "no epoch was complete, so there is no checkpoint"
+    )
+    return NonFiniteLoss(
+        f"loss is {value} at epoch {epoch}, step {step + 1}; {kept}; lower trainer.lr or "
+        f"set trainer.grad_clip (trainer.skip_nonfinite={allowed} bad batches were allowed)"
+    )
+
+
+def truncate_metrics(path: Path, epochs: int) -> None:
+    """Keep the lines of the first `epochs` epochs: a run killed after writing a line but before its
+    checkpoint repeats that epoch, and each epoch must appear once."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line)["epoch"] <= epochs]
+    if len(kept) != len(lines):
+        atomic_write_text("".join(line + "\n" for line in kept), path)

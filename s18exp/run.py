@@ -31,7 +31,8 @@ from s18exp.io import atomic_link, atomic_write_json, remove_stale_temporaries
 from s18exp.loop import fit, truncate_metrics
 from s18exp.runtime import Runtime, resolve_device, resolve_precision, seed_everything, set_deterministic
 from s18exp.config import AUTO
-from s18exp.lr_find import log_to as log_lr_find, resolve_auto
+from s18exp.lr_find.auto import auto_lr
+from s18exp.lr_find.display import log_to as log_lr_find
 from s18exp.report.spec import SUMMARY_BLOCK
 from s18exp.stopping import Interrupted, StopRequest
 from s18exp.summary import example_input, totals as model_totals
@@ -198,7 +199,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if resume is not None:
         check_resumable(resume, cfg, model, dist.world_size, resume_path)
     lr_auto = cfg.trainer.lr == AUTO
-    lr_curve = resolve_auto(cfg, task, model, data.train, runtime, run_dir, resume)  # sets cfg.trainer.lr
+    lr_curve = None
+    if lr_auto:
+        picked, lr_curve = auto_lr(cfg, task, model, data.train, runtime, run_dir, resume)
+        # Before the config is resolved: the optimiser's lr and OneCycle's max_lr interpolate ${trainer.lr},
+        # so fit builds them with the pick, and the config that W&B and the checkpoints keep shows it.
+        cfg.trainer.lr = picked
     lr_pick = {"lr_find/pick": cfg.trainer.lr} if lr_auto else {}
     resolved = OmegaConf.to_container(cfg, resolve=True)
     if dist.enabled:

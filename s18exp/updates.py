@@ -1,5 +1,6 @@
-"""One optimiser update, the step that the training loop and the judge's training both take (and
-scripts/bench.py times): backward through the fp16 gradient scaler, optional clipping, the update, the schedule."""
+"""One optimiser update, the step that the training loop, the LR range test and the judge's training all take
+(and scripts/bench.py times): backward through the fp16 gradient scaler, optional clipping, the update, the
+schedule."""
 
 from __future__ import annotations
 

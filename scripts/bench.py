@@ -15,7 +15,7 @@ What it measures (docs/performance.md shows a run):
   against a plain fp32, NCHW, eager step of the SAME model (same config, same init). Models are built by the
   project's own path (Hydra compose of conf/, the task's `build_model`, `Runtime.prepare_model`) and a step is
   what `loop.fit` does: `Runtime.to_device`, the task's `training_loss` (with its default `augment=strong`)
-  under `Runtime.autocast`, the deferred non-finite check and `loop.optimizer_step` (AdamW + OneCycle from
+  under `Runtime.autocast`, the deferred non-finite check and `updates.optimizer_step` (AdamW + OneCycle from
   `trainer.optimizer`/`trainer.scheduler`).
   FLOPs per image are counted with `torch.utils.flop_counter.FlopCounterMode` over the forward and backward
   of one step; achieved GFLOP/s = FLOPs x images/s, and its fraction of the measured matmul peak;

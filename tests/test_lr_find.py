@@ -1,4 +1,4 @@
-"""The LR range test (s18exp/lr_find.py): curve length, early stop, restored state, the pick, and the CLI.
+"""The LR range test (s18exp/lr_find/): curve length, early stop, restored state, the pick, and the CLI.
 
 Most tests run the range test in-process on synthetic problems of a few hundred numbers; two go through
 `python -m s18exp.lr_find` and `python -m s18exp trainer.lr=auto` on the tiny on-disk pets folder.
@@ -25,7 +25,8 @@ from s18exp.config import validate
 from s18exp.data import Batches, TensorSplit
 from s18exp.errors import UserError
 from s18exp.runtime import Runtime
-from s18exp.lr_find import Curve, Settings, choose, has_diverged, range_test, schedule
+from s18exp.lr_find.display import show
+from s18exp.lr_find.range_test import Curve, Settings, choose, has_diverged, range_test, schedule
 from s18exp.paths import CONFIG_DIR
 
 CPU = Runtime(torch.device("cpu"), "fp32", channels_last=False)
@@ -244,7 +245,7 @@ def composed(*overrides: str) -> DictConfig:
 def test_auto_is_a_valid_lr_and_interpolations_follow_the_pick() -> None:
     cfg = composed("trainer.lr=auto")
     validate(cfg)
-    cfg.trainer.lr = 0.0123  # what resolve_auto does
+    cfg.trainer.lr = 0.0123  # what run.py does with the pick
     assert cfg.trainer.optimizer.lr == 0.0123 and cfg.trainer.scheduler.max_lr == 0.0123
 
 
@@ -337,17 +338,31 @@ def test_auto_trains_exactly_like_its_pick_given_by_hand(tiny_pets: TinyPets, tm
 
 
 def test_the_last_step_warning_only_when_the_loss_was_lowest_at_the_last_step(caplog: pytest.LogCaptureFixture) -> None:
-    still_falling = [1.0, 0.9, 0.7, 0.5, 0.3, 0.1]
+    still_falling = synthetic_curve([1.0, 0.9, 0.7, 0.5, 0.3, 0.1], "min_div10")
+    choose(still_falling)
     with caplog.at_level("WARNING", logger="s18exp"):
-        choose(synthetic_curve(still_falling, "min_div10"))
+        show(still_falling)
     assert [r.getMessage() for r in caplog.records if "lowest at the last step" in r.getMessage()]
     caplog.clear()
     # the same losses, but the test stopped at a non-finite loss after them: it passed its floor
-    stopped = synthetic_curve(still_falling, "min_div10")
+    stopped = synthetic_curve(still_falling.losses, "min_div10")
     stopped.diverged = True
     # a floor reached earlier (within 5% of the fall), the lowest wobble at the end: the pick is read on the floor
     floor = synthetic_curve([1.0, 0.6, 0.2, 0.201, 0.2, 0.199], "min_div10")
+    choose(stopped)
+    choose(floor)
     with caplog.at_level("WARNING", logger="s18exp"):
-        choose(stopped)
-        choose(floor)
+        show(stopped)
+        show(floor)
     assert not [r for r in caplog.records if "lowest at the last step" in r.getMessage()]
+
+
+def test_the_pick_only_records_its_warnings_and_the_display_shows_them(caplog: pytest.LogCaptureFixture) -> None:
+    rising = synthetic_curve([1.0, 1.1, 1.3, 2.0], "steepest")
+    with caplog.at_level("WARNING", logger="s18exp"):
+        choose(rising)
+    assert not caplog.records
+    assert len(rising.warnings) == 1 and "never fell below its first value" in rising.warnings[0]
+    with caplog.at_level("WARNING", logger="s18exp"):
+        show(rising)
+    assert [r.getMessage() for r in caplog.records] == rising.warnings

@@ -1,5 +1,6 @@
 """The package's walls: prediction and generation never load the training loop, models never talk to the
-console or W&B, the report never imports the code that trains, and the module-level imports form no cycle."""
+console or W&B, the report never imports the code that trains, the LR range test's method has no output of
+its own, and the module-level imports form no cycle."""
 
 from __future__ import annotations
 
@@ -108,6 +109,17 @@ def test_the_report_knows_tasks_only_by_what_their_runs_wrote() -> None:
         imports = imported_modules(path, module_level_only=False)
         offending = {name for name in imports if any(name == wall or name.startswith(f"{wall}.") for wall in TRAINING_CODE)}
         assert not offending, f"report/{path.name} imports {sorted(offending)}"
+
+
+def test_the_lr_range_test_method_has_no_output_of_its_own() -> None:
+    """s18exp/lr_find/range_test.py runs the test and picks: the terminal, files, pictures and W&B belong to
+    s18exp/lr_find/display.py."""
+    imports = imported_modules(PACKAGE_DIR / "lr_find" / "range_test.py", module_level_only=False)
+    outside = {name for name in imports if name.split(".")[0] in {"wandb", "rich", "PIL", "matplotlib"}}
+    assert not outside, f"range_test.py imports {sorted(outside)}"
+    own = imports & package_modules().keys()
+    assert "s18exp.runtime" in own  # the check sees real imports
+    assert own <= {"s18exp.data", "s18exp.errors", "s18exp.runtime", "s18exp.updates"}, sorted(own)
 
 
 def test_import_graph_has_no_cycle() -> None:
