@@ -36,10 +36,10 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 from s18exp import cli, console
+from s18exp.atomic_files import atomic_save_image, atomic_write_json
 from s18exp.checkpoint import load_checkpoint
 from s18exp.data.pets import CLASS_SCHEMES, MASK_FILE_VALUES
 from s18exp.errors import UserError
-from s18exp.io import atomic_save_image, atomic_write_json
 from s18exp.runtime import Runtime
 from s18exp.metrics import ConfusionMatrix, segmentation_scores
 from s18exp.pictures import overlay

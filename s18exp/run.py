@@ -28,7 +28,7 @@ from s18exp.checkpoint import read_checkpoint
 from s18exp.config import validate
 from s18exp.data import Batches
 from s18exp.errors import UserError, one_line
-from s18exp.io import atomic_link, atomic_write_json, remove_stale_temporaries
+from s18exp.atomic_files import atomic_link, atomic_write_json, remove_stale_temporaries
 from s18exp.loop import fit, truncate_metrics
 from s18exp.runtime import Runtime, resolve_device, resolve_precision, seed_everything, set_deterministic
 from s18exp.config import AUTO

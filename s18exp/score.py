@@ -17,9 +17,9 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from s18exp import cli, console
+from s18exp.atomic_files import atomic_write_json
 from s18exp.data import Batches
 from s18exp.errors import UserError
-from s18exp.io import atomic_write_json
 from s18exp.predict import load_model
 from s18exp.runtime import Runtime
 from s18exp.tasks.segmentation import scales_text, tta_mode, tta_scales

@@ -1,4 +1,4 @@
-"""Atomic writes of the report's files: the temp-file-and-rename pattern of s18exp.io, without importing torch."""
+"""Atomic writes of the report's files: the temp-file-and-rename pattern of s18exp.atomic_files, without importing torch."""
 
 from __future__ import annotations
 
