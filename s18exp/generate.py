@@ -17,9 +17,7 @@ class names come from it; `root=DIR` reads the data from another folder than the
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import torch
 from omegaconf import OmegaConf
 
 from s18exp import cli, console
+from s18exp.atomic_files import atomic_write
 from s18exp.checkpoint import load_checkpoint
 from s18exp.errors import UserError
 from s18exp.runtime import Runtime
@@ -100,19 +99,6 @@ def generate(task: VAETask, model: torch.nn.Module, test, n: int, seed: int, lab
     }
 
 
-def save_npz(arrays: dict[str, np.ndarray], path: Path) -> None:
-    """np.savez through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parse_args(sys.argv[1:] if argv is None else argv)
@@ -132,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         runtime = Runtime(device, precision, channels_last=False)
         start = time.perf_counter()
         arrays = generate(task, model, test, n, seed, label, runtime)
-        save_npz(arrays, output)
+        atomic_write(output, lambda f: np.savez(f, **arrays))
     except UserError as exc:
         console.error(str(exc))
         return 2
