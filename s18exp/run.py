@@ -34,7 +34,7 @@ from s18exp.runtime import Runtime, resolve_device, resolve_precision, seed_ever
 from s18exp.config import AUTO
 from s18exp.lr_find import log_to as log_lr_find, resolve_auto
 from s18exp.stopping import Interrupted, StopRequest
-from s18exp.summary import example_input, totals as model_totals
+from s18exp.model_summary import example_input, totals as model_totals
 from s18exp.tracking import Tracker
 
 SUMMARY = "summary.json"

@@ -1,4 +1,4 @@
-"""`python -m s18exp.summary [overrides]`: the model of a composed config, layer by layer, with its totals.
+"""`python -m s18exp.model_summary [overrides]`: the model of a composed config, layer by layer, with its totals.
 
 The model is built the way a training run builds it (the task's `build_model`; no data is read), then one
 forward pass of a dummy batch of one image at `data.image_size` records, through forward hooks, the output
@@ -178,11 +178,11 @@ def summarize(cfg: DictConfig) -> tuple[list[Layer], Totals]:
     return rows, total
 
 
-USAGE = """usage: python -m s18exp.summary [OVERRIDE ...]
+USAGE = """usage: python -m s18exp.model_summary [OVERRIDE ...]
 
 The model of the composed config (the same overrides as `python -m s18exp`), layer by layer: output shapes,
 parameters, size, and FLOPs per image at data.image_size. Example:
-  python -m s18exp.summary experiment=mp_tr_bce data.image_size=224"""
+  python -m s18exp.model_summary experiment=mp_tr_bce data.image_size=224"""
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     exit_on_unknown_keys(args)
     try:  # a bad override: Hydra's own message (e.g. the valid options of a group), no traceback
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="summary"):
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="model_summary"):
             cfg = compose(config_name="config", overrides=args)
     except (HydraException, OmegaConfBaseException) as exc:
         console.error(str(exc))
