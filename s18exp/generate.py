@@ -99,29 +99,26 @@ def generate(task: VAETask, model: torch.nn.Module, test, n: int, seed: int, lab
     }
 
 
+@cli.command
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
-        n, seed = _int(args, "n"), _int(args, "seed")
-        if n < 1:
-            raise UserError(f"n={n} must be at least 1")
-        output = Path(args["output"])
-        if output.suffix != ".npz":
-            raise UserError(f"output={output} must end in .npz")
-        ckpt = cli.checkpoint_file(args["ckpt"])
-        device = cli.device(args["device"])
-        task, model = load(ckpt, device, args["root"])
-        label = resolve_label(args["label"], task.class_names) if args["label"] is not None else None
-        precision = cli.precision(args["precision"], str(OmegaConf.select(task.cfg, "trainer.precision", default="fp32")), device)
-        # Only the test split is needed: one train and one val item keep the rest of the loading short.
-        test = task.build_data(limit_train=1, limit_val=1, limit_test=None).test
-        runtime = Runtime(device, precision, channels_last=False)
-        start = time.perf_counter()
-        arrays = generate(task, model, test, n, seed, label, runtime)
-        atomic_write(output, lambda f: np.savez(f, **arrays))
-    except UserError as exc:
-        console.error(str(exc))
-        return 2
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    n, seed = _int(args, "n"), _int(args, "seed")
+    if n < 1:
+        raise UserError(f"n={n} must be at least 1")
+    output = Path(args["output"])
+    if output.suffix != ".npz":
+        raise UserError(f"output={output} must end in .npz")
+    ckpt = cli.checkpoint_file(args["ckpt"])
+    device = cli.device(args["device"])
+    task, model = load(ckpt, device, args["root"])
+    label = resolve_label(args["label"], task.class_names) if args["label"] is not None else None
+    precision = cli.precision(args["precision"], str(OmegaConf.select(task.cfg, "trainer.precision", default="fp32")), device)
+    # Only the test split is needed: one train and one val item keep the rest of the loading short.
+    test = task.build_data(limit_train=1, limit_val=1, limit_test=None).test
+    runtime = Runtime(device, precision, channels_last=False)
+    start = time.perf_counter()
+    arrays = generate(task, model, test, n, seed, label, runtime)
+    atomic_write(output, lambda f: np.savez(f, **arrays))
     seconds = time.perf_counter() - start
     console.info(
         f"wrote {n} wrong-label outputs of {task.cfg.data.name} to {output} in {seconds:.1f} s "
