@@ -2,8 +2,8 @@
 
 Every file that s18exp leaves (checkpoints, summaries, pictures, the report, cached tensors) is written to a
 temporary file in the same folder, flushed to disk and renamed over the real name; a failed write removes
-its temporary file. Nothing here imports torch at module level, so that the report and the sweeper write
-their files without loading it.
+its temporary file. torch is imported only to save a checkpoint, so that writing text or JSON (the sweeper's
+multirun.yaml) does not load it.
 """
 
 from __future__ import annotations

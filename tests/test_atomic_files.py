@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -61,9 +59,3 @@ def test_stale_temporaries_are_removed_and_real_files_kept(tmp_path: Path) -> No
     remove_stale_temporaries(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
-
-def test_importing_the_writers_does_not_load_torch() -> None:
-    code = "import sys, s18exp.atomic_files; print('torch' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["False"]
