@@ -1,17 +1,57 @@
-"""What `python -m s18exp.predict` and `python -m s18exp.generate` share: `key=value` arguments, the
-checkpoint a `ckpt=` names, and the device and precision they compute with."""
+"""What the commands share: a UserError as one line on stderr and exit status 2; and, for those that read a
+checkpoint (predict, generate, score), `key=value` arguments, the checkpoint a `ckpt=` names, and the device and
+precision they compute with."""
 
 from __future__ import annotations
 
+import functools
+import sys
 from pathlib import Path
+from typing import Callable, ParamSpec
 
 import torch
 
-from s18exp.errors import UserError
+from s18exp import console
+from s18exp.errors import UserError, find_user_error
 from s18exp.runtime import resolve_device
 
 DEVICE_HELP = "auto|cpu|cuda|cuda:N"
 PRECISIONS = ("auto", "bf16", "fp32")
+USER_ERROR_STATUS = 2
+P = ParamSpec("P")
+
+
+def _user_error_status(exc: Exception) -> int:
+    """The UserError that `exc` is or was raised from, as one line on stderr, and the exit status for it;
+    `exc` raised again when no UserError is behind it (a bug keeps its traceback)."""
+    error = find_user_error(exc)
+    if error is None:
+        raise exc
+    console.error(str(error))
+    return USER_ERROR_STATUS
+
+
+def command(main: Callable[P, int]) -> Callable[P, int]:
+    """A command's `main`, which returns its exit status: a UserError, itself or wrapped (hydra's instantiate
+    wraps what a constructor raises), ends it with one line on stderr and status 2 instead of a traceback."""
+
+    @functools.wraps(main)
+    def run(*args: P.args, **kwargs: P.kwargs) -> int:
+        try:
+            return main(*args, **kwargs)
+        except Exception as exc:
+            return _user_error_status(exc)
+
+    return run
+
+
+def exit_on_user_error(body: Callable[[], object]) -> None:
+    """`body()` for an entry point whose return value is not its exit status (`@hydra.main` drops what its
+    function returns): a UserError, as in `command`, ends the process with one line on stderr and status 2."""
+    try:
+        body()
+    except Exception as exc:
+        sys.exit(_user_error_status(exc))
 
 
 def parse_args(argv: list[str], required: tuple[str, ...], defaults: dict[str, str | None], usage: str) -> dict[str, str | None]:

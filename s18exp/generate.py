@@ -17,9 +17,7 @@ class names come from it; `root=DIR` reads the data from another folder than the
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +26,7 @@ import torch
 from omegaconf import OmegaConf
 
 from s18exp import cli, console
+from s18exp.atomic_files import atomic_write
 from s18exp.checkpoint import load_checkpoint
 from s18exp.errors import UserError
 from s18exp.runtime import Runtime
@@ -88,44 +87,28 @@ def generate(task: VAETask, model: torch.nn.Module, test, n: int, seed: int, lab
     }
 
 
-def save_npz(arrays: dict[str, np.ndarray], path: Path) -> None:
-    """np.savez through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
+@cli.command
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
-        n, seed = _int(args, "n"), _int(args, "seed")
-        if n < 1:
-            raise UserError(f"n={n} must be at least 1")
-        output = Path(args["output"])
-        if output.suffix != ".npz":
-            raise UserError(f"output={output} must end in .npz")
-        ckpt = cli.checkpoint_file(args["ckpt"])
-        device = cli.device(args["device"])
-        task, model, cfg = load_checkpoint(ckpt, device, VAETask)
-        if args["root"] is not None:
-            cfg.data.root = args["root"]
-        label = resolve_label(args["label"], task.class_names) if args["label"] is not None else None
-        precision = cli.precision(args["precision"], str(OmegaConf.select(cfg, "trainer.precision", default="fp32")), device)
-        # Only the test split is needed: one train and one val item keep the rest of the loading short.
-        test = task.build_data(limit_train=1, limit_val=1, limit_test=None).test
-        runtime = Runtime(device, precision, channels_last=False)
-        start = time.perf_counter()
-        arrays = generate(task, model, test, n, seed, label, runtime)
-        save_npz(arrays, output)
-    except UserError as exc:
-        console.error(str(exc))
-        return 2
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    n, seed = _int(args, "n"), _int(args, "seed")
+    if n < 1:
+        raise UserError(f"n={n} must be at least 1")
+    output = Path(args["output"])
+    if output.suffix != ".npz":
+        raise UserError(f"output={output} must end in .npz")
+    ckpt = cli.checkpoint_file(args["ckpt"])
+    device = cli.device(args["device"])
+    task, model, cfg = load_checkpoint(ckpt, device, VAETask)
+    if args["root"] is not None:
+        cfg.data.root = args["root"]
+    label = resolve_label(args["label"], task.class_names) if args["label"] is not None else None
+    precision = cli.precision(args["precision"], str(OmegaConf.select(cfg, "trainer.precision", default="fp32")), device)
+    # Only the test split is needed: one train and one val item keep the rest of the loading short.
+    test = task.build_data(limit_train=1, limit_val=1, limit_test=None).test
+    runtime = Runtime(device, precision, channels_last=False)
+    start = time.perf_counter()
+    arrays = generate(task, model, test, n, seed, label, runtime)
+    atomic_write(output, lambda f: np.savez(f, **arrays))
     seconds = time.perf_counter() - start
     console.info(
         f"wrote {n} wrong-label outputs of {task.cfg.data.name} to {output} in {seconds:.1f} s "

@@ -30,7 +30,7 @@ from s18exp import console
 from s18exp.data import Batches
 from s18exp.distributed import Dist, all_reduce_sum, any_rank
 from s18exp.errors import TrainingError
-from s18exp.io import atomic_link, atomic_torch_save, atomic_write_text
+from s18exp.atomic_files import atomic_link, atomic_torch_save, atomic_write_text
 from s18exp.runtime import Runtime, all_rng_states, set_rng_state, unwrap
 from s18exp.stopping import Interrupted, StopRequest
 from s18exp.tracking import Tracker

@@ -71,7 +71,7 @@ from s18exp import console
 from s18exp.data import Batches, TensorSplit
 from s18exp.distributed import broadcast_object
 from s18exp.errors import UserError
-from s18exp.io import atomic_save_image, atomic_write_json
+from s18exp.atomic_files import atomic_save_image, atomic_write_json
 from s18exp.runtime import Runtime, rng_state, set_rng_state
 from s18exp.paths import CONFIG_DIR
 from s18exp.config import AUTO, RULES, validate

@@ -36,10 +36,10 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from s18exp import cli, console
+from s18exp.atomic_files import atomic_save_image, atomic_write_json
 from s18exp.checkpoint import load_checkpoint
 from s18exp.data.pets import CLASS_SCHEMES, MASK_FILE_VALUES
 from s18exp.errors import UserError
-from s18exp.io import atomic_save_image, atomic_write_json
 from s18exp.runtime import Runtime
 from s18exp.metrics import ConfusionMatrix, segmentation_scores
 from s18exp.pictures import overlay
@@ -145,52 +145,49 @@ def batch_size(value: str | None, default: int) -> int:
     return int(value)
 
 
+@cli.command
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = parse_args(sys.argv[1:] if argv is None else argv)
-        files = image_files(Path(args["input"]))
-        ckpt = cli.checkpoint_file(args["ckpt"])
-        device = cli.device(args["device"])
-        task, model, cfg = load_checkpoint(ckpt, device, SegmentationTask)
-        tta = tta_mode(args["tta"], "tta") if args["tta"] is not None else task.tta
-        scales = tta_scales(args["tta_scales"], "tta_scales") if args["tta_scales"] is not None else task.tta_scales
-        precision = cli.precision(args["precision"], str(OmegaConf.select(cfg, "trainer.precision", default="fp32")), device)
-        runtime = Runtime(device, precision, channels_last=False)
-        size = int(cfg.data.image_size)
-        per_batch = batch_size(args["batch_size"], int(OmegaConf.select(cfg, "trainer.eval_batch_size", default=8)))
-        values = np.array(MASK_FILE_VALUES[cfg.data.classes], dtype=np.uint8)
-        truths = truth_files(Path(args["truth"]), files) if args["truth"] is not None else {}
-        confusion = ConfusionMatrix(len(task.class_names))
-        output = Path(args["output"])
-        output.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        batches = [files[i : i + per_batch] for i in range(0, len(files), per_batch)]
-        style = "auto" if len(files) > PROGRESS_MIN_FILES else "off"
-        # While torch computes a batch's logits, one thread reads and resizes the next batch and another
-        # upsamples and writes the previous one.
-        def score(paths: list[Path], finishing: Future) -> None:
-            for path, classes in zip(paths, finishing.result()):
-                if path in truths:
-                    confusion.update(torch.from_numpy(classes), torch.from_numpy(read_truth(truths[path], cfg.data.classes)))
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    files = image_files(Path(args["input"]))
+    ckpt = cli.checkpoint_file(args["ckpt"])
+    device = cli.device(args["device"])
+    task, model, cfg = load_checkpoint(ckpt, device, SegmentationTask)
+    tta = tta_mode(args["tta"], "tta") if args["tta"] is not None else task.tta
+    scales = tta_scales(args["tta_scales"], "tta_scales") if args["tta_scales"] is not None else task.tta_scales
+    precision = cli.precision(args["precision"], str(OmegaConf.select(cfg, "trainer.precision", default="fp32")), device)
+    runtime = Runtime(device, precision, channels_last=False)
+    size = int(cfg.data.image_size)
+    per_batch = batch_size(args["batch_size"], int(OmegaConf.select(cfg, "trainer.eval_batch_size", default=8)))
+    values = np.array(MASK_FILE_VALUES[cfg.data.classes], dtype=np.uint8)
+    truths = truth_files(Path(args["truth"]), files) if args["truth"] is not None else {}
+    confusion = ConfusionMatrix(len(task.class_names))
+    output = Path(args["output"])
+    output.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    batches = [files[i : i + per_batch] for i in range(0, len(files), per_batch)]
+    style = "auto" if len(files) > PROGRESS_MIN_FILES else "off"
+    # While torch computes a batch's logits, one thread reads and resizes the next batch and another
+    # upsamples and writes the previous one.
+    def score(paths: list[Path], finishing: Future) -> None:
+        for path, classes in zip(paths, finishing.result()):
+            if path in truths:
+                confusion.update(torch.from_numpy(classes), torch.from_numpy(read_truth(truths[path], cfg.data.classes)))
 
-        with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer, console.Progress("predict", len(files), style) as progress:
-            next_batch = reader.submit(read_batch, batches[0], size)
-            finishing: tuple[list[Path], Future] | None = None
-            for k, paths in enumerate(batches):
-                images, resized = next_batch.result()
-                if k + 1 < len(batches):
-                    next_batch = reader.submit(read_batch, batches[k + 1], size)
-                logits = batch_logits(task, model, runtime, resized, tta, scales)
-                if finishing is not None:
-                    score(*finishing)
-                    progress.advance(len(finishing[0]))
-                finishing = (paths, writer.submit(finish_batch, output, paths, images, logits, values))
+    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer, console.Progress("predict", len(files), style) as progress:
+        next_batch = reader.submit(read_batch, batches[0], size)
+        finishing: tuple[list[Path], Future] | None = None
+        for k, paths in enumerate(batches):
+            images, resized = next_batch.result()
+            if k + 1 < len(batches):
+                next_batch = reader.submit(read_batch, batches[k + 1], size)
+            logits = batch_logits(task, model, runtime, resized, tta, scales)
             if finishing is not None:
                 score(*finishing)
                 progress.advance(len(finishing[0]))
-    except UserError as exc:
-        console.error(str(exc))
-        return 2
+            finishing = (paths, writer.submit(finish_batch, output, paths, images, logits, values))
+        if finishing is not None:
+            score(*finishing)
+            progress.advance(len(finishing[0]))
     seconds = time.perf_counter() - start
     console.info(
         f"wrote masks and overlays of {len(files)} files to {output} in {seconds:.1f} s "

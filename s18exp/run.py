@@ -27,7 +27,7 @@ from s18exp.checkpoint import read_checkpoint
 from s18exp.config import validate
 from s18exp.data import Batches
 from s18exp.errors import UserError, one_line
-from s18exp.io import atomic_link, atomic_write_json, remove_stale_temporaries
+from s18exp.atomic_files import atomic_link, atomic_write_json, remove_stale_temporaries
 from s18exp.loop import fit, truncate_metrics
 from s18exp.runtime import Runtime, resolve_device, resolve_precision, seed_everything, set_deterministic
 from s18exp.config import AUTO
@@ -35,7 +35,7 @@ from s18exp.lr_find.auto import auto_lr
 from s18exp.lr_find.display import log_to as log_lr_find
 from s18exp.report.spec import SUMMARY_BLOCK
 from s18exp.stopping import Interrupted, StopRequest
-from s18exp.summary import example_input, totals as model_totals
+from s18exp.model_summary import example_input, totals as model_totals
 from s18exp.tasks import build
 from s18exp.tracking import Tracker
 

@@ -17,10 +17,10 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from s18exp import cli, console
+from s18exp.atomic_files import atomic_write_json
 from s18exp.checkpoint import load_checkpoint
 from s18exp.data import Batches
 from s18exp.errors import UserError
-from s18exp.io import atomic_write_json
 from s18exp.runtime import Runtime
 from s18exp.tasks.segmentation import SegmentationTask, scales_text, tta_mode, tta_scales
 
@@ -31,28 +31,25 @@ USAGE = (
 DEFAULTS: dict[str, str | None] = {"tta": None, "tta_scales": None, "data_root": None, "device": "auto", "precision": "auto", "output": None}
 
 
+@cli.command
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = cli.parse_args(sys.argv[1:] if argv is None else argv, ("ckpt",), DEFAULTS, USAGE)
-        if args["output"] is not None and Path(args["output"]).is_dir():
-            raise UserError(f"output={args['output']} is a folder; give a file name, e.g. output=scores.json")
-        ckpt = cli.checkpoint_file(args["ckpt"])
-        device = cli.device(args["device"])
-        task, model, cfg = load_checkpoint(ckpt, device, SegmentationTask)
-        if args["tta"] is not None:
-            task.tta = tta_mode(args["tta"], "tta")
-        if args["tta_scales"] is not None:
-            task.tta_scales = tta_scales(args["tta_scales"], "tta_scales")
-        precision = cli.precision(args["precision"], str(OmegaConf.select(cfg, "trainer.precision", default="fp32")), device)
-        if args["data_root"] is not None:
-            cfg.data.root = args["data_root"]
-        cfg.data.download = False
-        test = task.build_data().test
-        start = time.perf_counter()
-        scores = task.test(model, Batches(test, int(cfg.trainer.eval_batch_size)), Runtime(device, precision, channels_last=False))
-    except UserError as exc:
-        console.error(str(exc))
-        return 2
+    args = cli.parse_args(sys.argv[1:] if argv is None else argv, ("ckpt",), DEFAULTS, USAGE)
+    if args["output"] is not None and Path(args["output"]).is_dir():
+        raise UserError(f"output={args['output']} is a folder; give a file name, e.g. output=scores.json")
+    ckpt = cli.checkpoint_file(args["ckpt"])
+    device = cli.device(args["device"])
+    task, model, cfg = load_checkpoint(ckpt, device, SegmentationTask)
+    if args["tta"] is not None:
+        task.tta = tta_mode(args["tta"], "tta")
+    if args["tta_scales"] is not None:
+        task.tta_scales = tta_scales(args["tta_scales"], "tta_scales")
+    precision = cli.precision(args["precision"], str(OmegaConf.select(cfg, "trainer.precision", default="fp32")), device)
+    if args["data_root"] is not None:
+        cfg.data.root = args["data_root"]
+    cfg.data.download = False
+    test = task.build_data().test
+    start = time.perf_counter()
+    scores = task.test(model, Batches(test, int(cfg.trainer.eval_batch_size)), Runtime(device, precision, channels_last=False))
     how = f"original resolution, tta={task.tta}, {scales_text(task.tta_scales)}; test/loss at training resolution"
     console.show_metrics(f"test split of {ckpt} ({len(test)} images; {how}; {time.perf_counter() - start:.1f} s)", scores)
     if args["output"] is not None:

@@ -1,6 +1,7 @@
-"""The package's walls: prediction and generation never load the training loop, models never talk to the
-console or W&B, the report never imports the code that trains, the LR range test's method has no output of
-its own, and the module-level imports form no cycle."""
+"""The package's walls: prediction and generation never load the training loop, the file writers and the
+report's command line never load torch, models never talk to the console or W&B, the report never imports
+the code that trains, the LR range test's method has no output of its own, and the module-level imports
+form no cycle."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import ast
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 import s18exp
 
@@ -89,6 +92,15 @@ def test_predict_and_generate_do_not_load_the_training_loop() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "True"]
+
+
+@pytest.mark.parametrize("module", ["s18exp.atomic_files", "s18exp.report.__main__"])
+def test_writers_and_the_report_command_line_load_no_torch(module: str) -> None:
+    """Text and JSON are written without torch (the sweeper writes multirun.yaml so), and
+    `python -m s18exp.report --help` answers without it."""
+    result = subprocess.run([sys.executable, "-c", f"import sys, {module}; print('torch' in sys.modules)"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False"]
 
 
 def test_models_import_no_console_or_tracking() -> None:

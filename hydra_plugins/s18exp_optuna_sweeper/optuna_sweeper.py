@@ -340,7 +340,7 @@ class OptunaSweeper(Sweeper):
         import optuna
         from optuna.trial import TrialState
 
-        from s18exp.report.writing import atomic_write_text
+        from s18exp.atomic_files import atomic_write_text
 
         assert self.config is not None and self.hydra_context is not None and self.launcher is not None
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweeper's own lines say what happens

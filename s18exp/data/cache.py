@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import torch
 
-from s18exp.io import atomic_torch_save
+from s18exp.atomic_files import atomic_torch_save
 
 FORMAT_VERSION = 1
 

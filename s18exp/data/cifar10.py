@@ -10,13 +10,15 @@ Where the data is looked for under `data.root`, in this order:
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Any
 
 import torch
 from torchvision.datasets import CIFAR10
 
+from s18exp.data.download import with_download
 from s18exp.data.imagefolder import folder_classes, folder_splits
-from s18exp.data.labelled import LabelledData, check_channels, resize_square, split_indices, tensor_split, with_download
+from s18exp.data.labelled import LabelledData, check_channels, resize_square, seeded_split, tensor_split
+from s18exp.data.settings import DataSettings, takes_data_settings
 from s18exp.errors import UserError
 
 CLASS_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -24,6 +26,7 @@ PICKLE_DIR = "cifar-10-batches-py"
 JPG_DIR = "cifar10-jpg"
 
 
+@takes_data_settings
 class CIFAR10Data(LabelledData):
     """Train / val / test of CIFAR-10 at `image_size` (32 native; other sizes are resized bilinear)."""
 
@@ -32,33 +35,20 @@ class CIFAR10Data(LabelledData):
         return list(CLASS_NAMES)
 
     def __init__(
-        self,
-        root: str,
-        image_size: int = 32,
-        channels: int = 3,
-        val_fraction: float = 0.1,
-        split_seed: int = 0,
-        limit_train: int | None = None,
-        limit_val: int | None = None,
-        limit_test: int | None = None,
-        download: bool = True,
-        cache: bool = True,
-        cache_dir: str | None = None,
-        jpg_dir: str = JPG_DIR,
-        name: str = "cifar10",
+        self, root: str, image_size: int = 32, channels: int = 3, jpg_dir: str = JPG_DIR, name: str = "cifar10", **shared: Any
     ) -> None:
+        """`shared`: the other fields of `DataSettings` (val_fraction, split_seed, limit_*, download, cache, cache_dir)."""
         check_channels(channels)
-        self.root = Path(root).expanduser()
-        limits = (val_fraction, split_seed, limit_train, limit_val, limit_test)
-        jpg = self.root / jpg_dir
-        if not (self.root / PICKLE_DIR).is_dir() and (jpg / "train").is_dir():
+        self.settings = settings = DataSettings.from_config(root, image_size, name, **shared)
+        jpg = settings.root / jpg_dir
+        if not (settings.root / PICKLE_DIR).is_dir() and (jpg / "train").is_dir():
             if folder_classes(jpg, "data=cifar10") != CLASS_NAMES:
                 raise UserError(f"{jpg} must hold the 10 CIFAR-10 class folders {CLASS_NAMES}")
-            folder_splits(self, jpg / "train", jpg / "test", name, image_size, channels, *limits, cache_dir if cache else None)
+            folder_splits(self, jpg / "train", jpg / "test", channels, settings)
             return
         self.class_names = list(CLASS_NAMES)
-        train_set, test_set = self._open(True, download), self._open(False, False)
-        train_idx, val_idx, test_idx = split_indices(len(train_set.data), len(test_set.data), *limits)
+        train_set, test_set = self._open(True, settings.download), self._open(False, False)
+        train_idx, val_idx, test_idx = seeded_split(settings, len(train_set.data), len(test_set.data))
         train_images = self._images(train_set.data, image_size, channels)
         test_images = self._images(test_set.data, image_size, channels)
         train_labels, test_labels = torch.tensor(train_set.targets), torch.tensor(test_set.targets)
@@ -72,19 +62,21 @@ class CIFAR10Data(LabelledData):
         return images.float().mean(1, keepdim=True).round().to(torch.uint8) if channels == 1 else images.contiguous()
 
     def _open(self, train: bool, download: bool) -> CIFAR10:
+        root = self.settings.root
+
         def local() -> CIFAR10 | None:
-            if not (self.root / PICKLE_DIR).is_dir():
+            if not (root / PICKLE_DIR).is_dir():
                 return None
             try:
-                return CIFAR10(self.root, train=train, download=False)
+                return CIFAR10(root, train=train, download=False)
             except RuntimeError:  # an incomplete or damaged folder: download again where allowed
                 return None
 
         return with_download(
             local,
-            lambda: CIFAR10(self.root, train=train, download=True),
+            lambda: CIFAR10(root, train=train, download=True),
             download,
-            f"CIFAR-10 not found under {self.root} (expected {PICKLE_DIR}/ or {JPG_DIR}/{{train,test}}/<class>/*.jpg)",
-            self.root,
+            f"CIFAR-10 not found under {root} (expected {PICKLE_DIR}/ or {JPG_DIR}/{{train,test}}/<class>/*.jpg)",
+            root,
             touches=(PICKLE_DIR,),
         )

@@ -3,6 +3,8 @@
 torchvision creates the data set's folders before it fetches anything, so a download that fails (no network,
 a mistyped `data.root`) would leave empty or half-written folders. `download_cleanly` removes what the
 attempt created, the root folder and its missing parents included, and reports the cause in a few words.
+`with_download` is how every data set opens its files: the local copy, else a clean download where allowed,
+else one line that says what is missing and why.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import shutil
 import socket
 from pathlib import Path
 from typing import Callable, TypeVar
+
+from s18exp.errors import UserError
 
 DOWNLOAD_TIMEOUT_S = 20
 REASON_CHARS = 160  # enough for "RuntimeError: Error downloading <file>: <urlopen error [Errno -3] Temporary failure ...>"
@@ -87,3 +91,23 @@ def download_cleanly(download: Callable[[], T], root: Path, touches: tuple[str, 
         raise DownloadFailed(short_reason(exc)) from exc
     finally:
         socket.setdefaulttimeout(previous)
+
+
+def with_download(
+    open_local: Callable[[], T | None], download: Callable[[], T], allowed: bool, missing: str, root: Path,
+    touches: tuple[str, ...], holds: str = "it",
+) -> T:
+    """`open_local()` when the data is there; else `download()` when allowed (`download_cleanly`); else, or when
+    the download fails, a one-line UserError that starts with `missing` (which names the path looked in) and
+    asks for data.root=DIR, the folder that `holds` the data."""
+    found = open_local()
+    if found is not None:
+        return found
+    if not allowed:
+        reason = "data.download=false"
+    else:
+        try:
+            return download_cleanly(download, root, touches)
+        except DownloadFailed as exc:
+            reason = f"the download failed ({exc})"
+    raise UserError(f"{missing} and {reason}; set data.root=DIR or S18EXP_DATA=DIR to the folder that holds {holds}")

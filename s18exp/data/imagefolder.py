@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from torchvision.datasets import ImageFolder
 
-from s18exp.data.labelled import LabelledData, check_channels, decode_files, split_indices
+from s18exp.data.labelled import LabelledData, check_channels, decode_files, seeded_split
+from s18exp.data.settings import DataSettings, takes_data_settings
 from s18exp.errors import UserError
 
 SPLITS = ("train", "test")
@@ -46,11 +48,7 @@ def open_folder(folder: Path) -> ImageFolder:
         raise UserError(f"cannot read the image folder {folder}: {exc}") from exc
 
 
-def folder_splits(
-    data: LabelledData, train_dir: Path, test_dir: Path, dataset: str, image_size: int, channels: int,
-    val_fraction: float, split_seed: int, limit_train: int | None, limit_val: int | None, limit_test: int | None,
-    cache_dir: str | None,
-) -> None:
+def folder_splits(data: LabelledData, train_dir: Path, test_dir: Path, channels: int, settings: DataSettings) -> None:
     """Fill `data.train/val/test/class_names` from two ImageFolder trees, decoding only the selected files."""
     check_channels(channels)
     train_set, test_set = open_folder(train_dir), open_folder(test_dir)
@@ -58,18 +56,18 @@ def folder_splits(
         missing = sorted(set(train_set.classes) ^ set(test_set.classes))
         raise UserError(f"class {missing[0]!r} has images in only one of {train_dir} and {test_dir}")
     data.class_names = list(train_set.classes)
-    train_idx, val_idx, test_idx = split_indices(
-        len(train_set.samples), len(test_set.samples), val_fraction, split_seed, limit_train, limit_val, limit_test
-    )
+    train_idx, val_idx, test_idx = seeded_split(settings, len(train_set.samples), len(test_set.samples))
     for attr, dataset_split, folder, indices in (
         ("train", "train", train_set, train_idx), ("val", "val", train_set, val_idx), ("test", "test", test_set, test_idx)
     ):
         files = [Path(folder.samples[i][0]) for i in indices]
         labels = [int(folder.samples[i][1]) for i in indices]
-        split = decode_files(files, labels, image_size, channels, cache_dir, {"dataset": dataset, "split": dataset_split})
+        description = {"dataset": settings.name, "split": dataset_split}
+        split = decode_files(files, labels, settings.image_size, channels, settings.cache_folder, description)
         setattr(data, attr, split)
 
 
+@takes_data_settings
 class ImageFolderData(LabelledData):
     """Train / val / test from `root/train/<class>/*` and `root/test/<class>/*`, images resized bilinear to
     `image_size` squares and converted to `channels` (1 grey, 3 RGB). Classes are the folder names, sorted."""
@@ -78,24 +76,9 @@ class ImageFolderData(LabelledData):
     def classes_for(cfg: object) -> list[str]:
         return folder_classes(getattr(cfg, "root", None))
 
-    def __init__(
-        self,
-        root: str,
-        image_size: int = 32,
-        channels: int = 3,
-        val_fraction: float = 0.1,
-        split_seed: int = 0,
-        limit_train: int | None = None,
-        limit_val: int | None = None,
-        limit_test: int | None = None,
-        download: bool = False,
-        cache: bool = True,
-        cache_dir: str | None = None,
-        name: str = "imagefolder",
-    ) -> None:
+    def __init__(self, root: str, image_size: int = 32, channels: int = 3, name: str = "imagefolder", **shared: Any) -> None:
+        """`shared`: the other fields of `DataSettings` (val_fraction, split_seed, limit_*, download, cache,
+        cache_dir); an image folder is never downloaded, whatever `download` says."""
         folder_classes(root)
-        base = Path(root).expanduser()
-        folder_splits(
-            self, base / "train", base / "test", name, image_size, channels, val_fraction, split_seed,
-            limit_train, limit_val, limit_test, cache_dir if cache else None,
-        )
+        self.settings = settings = DataSettings.from_config(root, image_size, name, **shared)
+        folder_splits(self, settings.root / "train", settings.root / "test", channels, settings)

@@ -1,4 +1,4 @@
-"""What the labelled-image datasets of the VAE share: the seeded split, limits, folder decoding, downloads.
+"""What the labelled-image datasets of the VAE share: the seeded split, limits, folder decoding.
 
 Every dataset ends as three `TensorSplit`s of uint8 images (N, C, S, S) and int64 class indices (N,),
 plus `class_names` (index -> name, used in captions). Validation is a fixed, seeded share of the
@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, TypeVar
 
 import numpy as np
 import torch
@@ -20,16 +19,16 @@ from PIL import Image
 
 from s18exp.data import TensorSplit
 from s18exp.data.cache import cached, fingerprint
-from s18exp.data.download import DownloadFailed, download_cleanly
+from s18exp.data.settings import DataSettings
 from s18exp.errors import UserError
 
 MODES = {1: "L", 3: "RGB"}
-T = TypeVar("T")
 
 
 class LabelledData:
-    """The three splits and the class names; subclasses fill them through `_split_train` and `_take`."""
+    """The three splits, the class names and the settings they were made with; subclasses fill them in `__init__`."""
 
+    settings: DataSettings
     train: TensorSplit
     val: TensorSplit
     test: TensorSplit
@@ -56,6 +55,13 @@ def split_indices(
     val, train = order[:n_val], order[n_val:]
     test = torch.randperm(n_test, generator=generator).tolist()
     return sorted(train[:limit_train]), sorted(val[:limit_val]), sorted(test[:limit_test])
+
+
+def seeded_split(settings: DataSettings, n_train: int, n_test: int) -> tuple[list[int], list[int], list[int]]:
+    """`split_indices` with the validation share, split seed and limits of `settings`."""
+    return split_indices(
+        n_train, n_test, settings.val_fraction, settings.split_seed, settings.limit_train, settings.limit_val, settings.limit_test
+    )
 
 
 def resize_square(images: torch.Tensor, size: int, pad: bool) -> torch.Tensor:
@@ -109,22 +115,3 @@ def decode_files(
     tensors = cached(cache_dir, description, decode_all)
     names = [f"{p.parent.name}/{p.name}" for p in files]
     return TensorSplit(tensors["images"], tensors["labels"], names)
-
-
-def with_download(
-    open_local: Callable[[], T | None], download: Callable[[], T], allowed: bool, missing: str, root: Path, touches: tuple[str, ...]
-) -> T:
-    """`open_local()` when the data is there; else `download()` when allowed (with a socket timeout, and
-    nothing left behind when it fails, s18exp/data/download.py); else, or when the download fails, a
-    one-line UserError that starts with `missing` (which names the path looked in)."""
-    found = open_local()
-    if found is not None:
-        return found
-    if not allowed:
-        reason = "data.download=false"
-    else:
-        try:
-            return download_cleanly(download, root, touches)
-        except DownloadFailed as exc:
-            reason = f"the download failed ({exc})"
-    raise UserError(f"{missing} and {reason}; set data.root=DIR or S18EXP_DATA=DIR to the folder that holds it")

@@ -6,6 +6,7 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,7 +15,8 @@ from torchvision.datasets import OxfordIIITPet
 
 from s18exp.data import TensorSplit
 from s18exp.data.cache import cached, fingerprint
-from s18exp.data.download import DownloadFailed, download_cleanly
+from s18exp.data.download import with_download
+from s18exp.data.settings import DataSettings, takes_data_settings
 from s18exp.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -31,6 +33,7 @@ MASK_FILE_VALUES = {"trimap": [1, 2, 3], "binary": [0, 1]}
 EXPECTED_LAYOUT = "oxford-iiit-pet/images/*.jpg, oxford-iiit-pet/annotations/trimaps/*.png, annotations/{trainval,test}.txt"
 
 
+@takes_data_settings
 class PetsData:
     """Train / val / test splits of Oxford-IIIT Pet segmentation, images resized to `image_size` squares.
 
@@ -45,60 +48,46 @@ class PetsData:
     """
 
     def __init__(
-        self,
-        root: str,
-        image_size: int = 128,
-        classes: str = "trimap",
-        val_fraction: float = 0.1,
-        split_seed: int = 0,
-        limit_train: int | None = None,
-        limit_val: int | None = None,
-        limit_test: int | None = None,
-        download: bool = True,
-        cache: bool = True,
-        cache_dir: str | None = None,
-        name: str = "pets",
+        self, root: str, image_size: int = 128, classes: str = "trimap", name: str = "pets", **shared: Any
     ) -> None:
+        """`shared`: the other fields of `DataSettings` (val_fraction, split_seed, limit_*, download, cache, cache_dir)."""
         if classes not in CLASS_SCHEMES:
             raise UserError(f"data.classes={classes!r} is unknown; use one of {sorted(CLASS_SCHEMES)}")
-        self.root = Path(root).expanduser()
-        self.image_size = image_size
+        self.settings = settings = DataSettings.from_config(root, image_size, name, **shared)
         self.classes = classes
         self.class_names, self._value_to_class = CLASS_SCHEMES[classes]
         self.num_classes = len(self.class_names)
-        self._cache_dir = cache_dir if cache else None
 
-        trainval = self._open("trainval", download)
+        trainval = self._open("trainval", settings.download)
         test = self._open("test", download=False)
-        order = torch.randperm(len(trainval), generator=torch.Generator().manual_seed(split_seed)).tolist()
-        n_val = max(1, round(len(trainval) * val_fraction))
+        seed = settings.split_seed
+        order = torch.randperm(len(trainval), generator=torch.Generator().manual_seed(seed)).tolist()
+        n_val = max(1, round(len(trainval) * settings.val_fraction))
         val_idx, train_idx = sorted(order[:n_val]), sorted(order[n_val:])
-        train_idx = stratified_subset(train_idx, _breeds(trainval, train_idx), limit_train, split_seed)
-        val_idx = stratified_subset(val_idx, _breeds(trainval, val_idx), limit_val, split_seed)
+        train_idx = stratified_subset(train_idx, _breeds(trainval, train_idx), settings.limit_train, seed)
+        val_idx = stratified_subset(val_idx, _breeds(trainval, val_idx), settings.limit_val, seed)
         test_idx = list(range(len(test)))
-        test_idx = stratified_subset(test_idx, _breeds(test, test_idx), limit_test, split_seed)
+        test_idx = stratified_subset(test_idx, _breeds(test, test_idx), settings.limit_test, seed)
         self.train = self._load(trainval, "train", train_idx)
         self.val = self._load(trainval, "val", val_idx)
         self.test = self._load(test, "test", test_idx, keep_full_masks=True)
 
     def _open(self, split: str, download: bool) -> OxfordIIITPet:
-        base = self.root / "oxford-iiit-pet"
-        present = all((base / p).exists() for p in ("images", "annotations/trimaps", f"annotations/{split}.txt"))
-        if not present and download:
-            try:
-                return download_cleanly(
-                    lambda: OxfordIIITPet(self.root, split=split, target_types="segmentation", download=True),
-                    self.root, touches=("oxford-iiit-pet",),
-                )
-            except DownloadFailed as exc:
-                reason = f"the download failed ({exc})"
-        elif not present:
-            reason = "data.download=false"
-        else:
-            return OxfordIIITPet(self.root, split=split, target_types="segmentation", download=False)
-        raise UserError(
-            f"Oxford-IIIT Pet not found under {base} (expected {EXPECTED_LAYOUT}) and {reason}; "
-            f"set data.root=DIR or S18EXP_DATA=DIR to the folder that holds oxford-iiit-pet/"
+        root = self.settings.root
+        base = root / "oxford-iiit-pet"
+
+        def local() -> OxfordIIITPet | None:
+            present = all((base / p).exists() for p in ("images", "annotations/trimaps", f"annotations/{split}.txt"))
+            return OxfordIIITPet(root, split=split, target_types="segmentation", download=False) if present else None
+
+        return with_download(
+            local,
+            lambda: OxfordIIITPet(root, split=split, target_types="segmentation", download=True),
+            download,
+            f"Oxford-IIIT Pet not found under {base} (expected {EXPECTED_LAYOUT})",
+            root,
+            touches=("oxford-iiit-pet",),
+            holds="oxford-iiit-pet/",
         )
 
     def _load(self, dataset: OxfordIIITPet, split: str, indices: list[int], keep_full_masks: bool = False) -> TensorSplit:
@@ -108,7 +97,7 @@ class PetsData:
         description = {
             "dataset": "oxford-iiit-pet",
             "split": split,
-            "image_size": self.image_size,
+            "image_size": self.settings.image_size,
             "classes": self.classes,
             "files": fingerprint(image_files) + fingerprint(mask_files),
         }
@@ -116,7 +105,7 @@ class PetsData:
             description["full_masks"] = True
 
         def decode_all() -> dict:
-            size = self.image_size
+            size = self.settings.image_size
             images = torch.empty(len(indices), 3, size, size, dtype=torch.uint8)
             masks = torch.empty(len(indices), size, size, dtype=torch.uint8)
             full_masks: list[torch.Tensor | None] = [None] * len(indices)
@@ -136,7 +125,7 @@ class PetsData:
                 tensors["full_masks"] = full_masks
             return tensors
 
-        tensors = cached(self._cache_dir, description, decode_all)
+        tensors = cached(self.settings.cache_folder, description, decode_all)
         return TensorSplit(tensors["images"], tensors["masks"], names, tensors.get("full_masks"))
 
 

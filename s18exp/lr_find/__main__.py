@@ -13,9 +13,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from s18exp import console
+from s18exp import cli, console
 from s18exp.config import validate
-from s18exp.errors import find_user_error
 from s18exp.lr_find.auto import find_lr
 from s18exp.lr_find.display import JSON_FILE, PNG_FILE
 from s18exp.lr_find.range_test import Curve
@@ -41,14 +40,7 @@ def lr_find(cfg: DictConfig) -> Curve:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def main(cfg: DictConfig) -> None:
-    try:
-        lr_find(cfg)
-    except Exception as exc:
-        error = find_user_error(exc)
-        if error is None:
-            raise
-        console.error(str(error))
-        sys.exit(2)
+    cli.exit_on_user_error(lambda: lr_find(cfg))
 
 
 if __name__ == "__main__":

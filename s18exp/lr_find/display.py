@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw
 from rich.table import Table
 
 from s18exp import console
-from s18exp.io import atomic_save_image, atomic_write_json
+from s18exp.atomic_files import atomic_save_image, atomic_write_json
 from s18exp.lr_find.range_test import Curve
 from s18exp.pictures import font
 

@@ -37,6 +37,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    # Imported once the arguments are read, so that --help and a bad argument answer without loading torch.
+    from s18exp import cli
+
+    return cli.command(report)(args)
+
+
+def report(args: argparse.Namespace) -> int:
+    """The report of SWEEP_DIR, or the W&B Report of --from-spec FILE; the exit status."""
     from s18exp.report.build import default_console, make_report
 
     console = default_console()

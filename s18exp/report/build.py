@@ -9,13 +9,13 @@ from typing import Any, Callable
 from rich.console import Console
 from rich.markup import escape
 
+from s18exp.atomic_files import atomic_write_json, atomic_write_text
 from s18exp.report import figures as figs
 from s18exp.report import search as srch
 from s18exp.report import wandb_report as wb
 from s18exp.report.collect import MARKERS, collect
 from s18exp.report.render import Document, Figures, print_tables, to_html, to_markdown
 from s18exp.report.table import Section, build_sections
-from s18exp.report.writing import atomic_write_json, atomic_write_text
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -81,7 +81,7 @@ def make_report(
     if wandb:
         spec = wb.report_spec(doc, runs, entity)
         spec_path = out / wb.SPEC_FILE
-        atomic_write_json(spec, spec_path)
+        atomic_write_json(spec, spec_path, sort_keys=False)
         md, html_parts, ok = _wandb_step(spec, spec_path, timeout, console)
         doc.extra_md.extend(md)
         _write(doc, out, html_parts)

@@ -18,10 +18,10 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 from PIL import Image, ImageDraw, ImageFont
 
+from s18exp.atomic_files import atomic_write_bytes
 from s18exp.pictures import legend, with_legend
 from s18exp.report.collect import Run
 from s18exp.report.table import Cell, Row, Section
-from s18exp.report.writing import atomic_write_bytes
 
 DPI = 100
 PICTURE_HEIGHT = 720  # the side-by-side pictures are scaled to this height (pixels), keeping their aspect

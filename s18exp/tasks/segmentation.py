@@ -22,7 +22,7 @@ from s18exp.data import Batches, TensorSplit
 from s18exp.errors import UserError, instantiate
 from s18exp.distributed import all_reduce_sum
 from s18exp.data.pets import CLASS_SCHEMES, IMAGENET_MEAN, IMAGENET_STD
-from s18exp.io import atomic_save_image
+from s18exp.atomic_files import atomic_save_image
 from s18exp.runtime import Runtime
 from s18exp.metrics import ConfusionMatrix, segmentation_scores
 from s18exp.pictures import captioned_grid, overlay, to_pil, with_legend

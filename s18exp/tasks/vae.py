@@ -26,7 +26,7 @@ from torch import nn
 
 from s18exp.data import Batches, TensorSplit
 from s18exp.errors import UserError, instantiate
-from s18exp.io import atomic_save_image
+from s18exp.atomic_files import atomic_save_image
 from s18exp.distributed import all_reduce_sum
 from s18exp.runtime import Runtime, unwrap
 from s18exp.judge_training import judge_for

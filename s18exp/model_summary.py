@@ -1,4 +1,4 @@
-"""`python -m s18exp.summary [overrides]`: the model of a composed config, layer by layer, with its totals.
+"""`python -m s18exp.model_summary [overrides]`: the model of a composed config, layer by layer, with its totals.
 
 The model is built the way a training run builds it (the task's `build_model`; no data is read), then one
 forward pass of a dummy batch of one image at `data.image_size` records, through forward hooks, the output
@@ -31,7 +31,8 @@ from rich.table import Table
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from s18exp import console
+from s18exp import cli, console
+from s18exp.errors import UserError
 from s18exp.runtime import rng_state, set_rng_state
 from s18exp.tasks import Task, task_for
 
@@ -164,45 +165,39 @@ def summarize(cfg: DictConfig) -> tuple[list[Layer], Totals]:
     return rows, total
 
 
-USAGE = """usage: python -m s18exp.summary [OVERRIDE ...]
+USAGE = """usage: python -m s18exp.model_summary [OVERRIDE ...]
 
 The model of the composed config (the same overrides as `python -m s18exp`), layer by layer: output shapes,
 parameters, size, and FLOPs per image at data.image_size. Example:
-  python -m s18exp.summary experiment=mp_tr_bce data.image_size=224"""
+  python -m s18exp.model_summary experiment=mp_tr_bce data.image_size=224"""
 
 
-def main(argv: list[str] | None = None) -> None:
+def composed_config(args: list[str]) -> DictConfig:
+    """The config that `args`, the main command's config overrides, compose; a UserError for a bad argument."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from s18exp.errors import find_user_error
+    from s18exp.keys import check_command_line
     from s18exp.paths import CONFIG_DIR
 
-    from s18exp.keys import exit_on_unknown_keys
+    flag = next((a for a in args if a.startswith("-")), None)
+    if flag is not None:
+        raise UserError(f"{flag} is not supported here; give config overrides only\n{USAGE}")
+    check_command_line(args)
+    try:  # a bad override: Hydra's own message (e.g. the valid options of a group), no traceback
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="model_summary"):
+            return compose(config_name="config", overrides=args)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise UserError(str(exc)) from None
 
+
+def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if any(a in ("-h", "--help") for a in args):
         print(USAGE)
         return
-    if any(a.startswith("-") for a in args):
-        console.error(f"{next(a for a in args if a.startswith('-'))} is not supported here; give config overrides only\n{USAGE}")
-        sys.exit(2)
-    exit_on_unknown_keys(args)
-    try:  # a bad override: Hydra's own message (e.g. the valid options of a group), no traceback
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="summary"):
-            cfg = compose(config_name="config", overrides=args)
-    except (HydraException, OmegaConfBaseException) as exc:
-        console.error(str(exc))
-        sys.exit(2)
-    try:
-        summarize(cfg)
-    except Exception as exc:
-        error = find_user_error(exc)
-        if error is None:
-            raise
-        console.error(str(error))
-        sys.exit(2)
+    cli.exit_on_user_error(lambda: summarize(composed_config(args)))
 
 
 if __name__ == "__main__":

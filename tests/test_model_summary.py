@@ -1,4 +1,4 @@
-"""The model summary (s18exp/summary.py): parameter totals, output shapes, FLOPs, and the command."""
+"""The model summary (s18exp/model_summary.py): parameter totals, output shapes, FLOPs, and the command."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from s18exp.paths import CONFIG_DIR
-from s18exp.summary import count_flops, example_input, layers, main, totals
+from s18exp.model_summary import count_flops, example_input, layers, main, totals
 
 
 def composed(*overrides: str) -> DictConfig:
