@@ -6,7 +6,7 @@ code from it:
 
 - it is read with `torch.load(..., weights_only=True)`, which rebuilds tensors and plain Python types
   (dicts, lists, tuples, strings, numbers, None) and refuses everything else, so that a pickle that would call
-  a function on load is refused before it runs; checkpoints hold nothing else (`loop.fit` stores the RNG
+  a function on load is refused before it runs; checkpoints hold nothing else (`loop.Checkpoints.save` stores the RNG
   states as tensors and tuples, the config as a plain dict);
 - every `_target_` in the checkpoint's config, at any depth, must be one of the project's own config options
   (a `_target_` of a YAML file under conf/) or a torch.optim optimiser or learning-rate scheduler; anything

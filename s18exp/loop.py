@@ -41,8 +41,9 @@ class NonFiniteLoss(TrainingError):
     """The loss became NaN or Inf more often than `trainer.skip_nonfinite` allows."""
 
 
-class Task(Protocol):
-    """What the loop asks of a task."""
+class LoopTask(Protocol):
+    """The part of `s18exp.tasks.Task` that the loop itself calls: the batch loss, and the validation that
+    picks the best epoch."""
 
     monitor: str  # key of the evaluation dict that picks the best epoch
     monitor_mode: str  # "max" or "min"
@@ -97,7 +98,7 @@ class TrainedEpoch(NamedTuple):
 
 def fit(
     model: nn.Module,
-    task: Task,
+    task: LoopTask,
     train: Batches,
     val: Batches,
     trainer: DictConfig,
@@ -133,7 +134,9 @@ def fit(
         if runtime.dist.is_main:
             log_epoch(record, run_dir, tracker, trainer.max_epochs, task.monitor)
         if state.complete_epoch(epoch, val_scores[task.monitor], trained.seconds, task.monitor_mode):
-            checkpoints.save("last.pt", "best.pt")
+            # best.pt before last.pt: a kill between the two leaves last.pt one epoch behind, and the resumed
+            # run redoes that epoch, instead of a last.pt that names a best epoch whose weights best.pt lacks.
+            checkpoints.save("best.pt", "last.pt")
         else:
             checkpoints.save("last.pt")
         if stop.signum is not None:
@@ -146,7 +149,7 @@ def train_epoch(
     epoch: int,
     model: nn.Module,
     step_model: nn.Module,
-    task: Task,
+    task: LoopTask,
     train: Batches,
     trainer: DictConfig,
     runtime: Runtime,

@@ -14,7 +14,7 @@ What it measures (docs/performance.md shows a run):
   settings (the defaults: `trainer.precision=auto` -> bf16 where supported, `trainer.channels_last=true`)
   against a plain fp32, NCHW, eager step of the SAME model (same config, same init). Models are built by the
   project's own path (Hydra compose of conf/, the task's `build_model`, `Runtime.prepare_model`) and a step is
-  what `loop.fit` does: `Runtime.to_device`, the task's `training_loss` (with its default `augment=strong`)
+  what `loop.train_epoch` does: `Runtime.to_device`, the task's `training_loss` (with its default `augment=strong`)
   under `Runtime.autocast`, the deferred non-finite check and `updates.optimizer_step` (AdamW + OneCycle from
   `trainer.optimizer`/`trainer.scheduler`).
   FLOPs per image are counted with `torch.utils.flop_counter.FlopCounterMode` over the forward and backward
@@ -171,7 +171,7 @@ PLAIN = Settings("plain", "fp32", False)
 
 
 class Step:
-    """One training step of the composed config's model, as `loop.fit` takes it, on a fixed synthetic batch."""
+    """One training step of the composed config's model, as `loop.train_epoch` takes it, on a fixed synthetic batch."""
 
     def __init__(self, cfg: DictConfig, settings: Settings, device: torch.device, task: Any, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         self.settings, self.device = settings, device

@@ -107,7 +107,7 @@ def build_sections(runs: list[Run]) -> list[Section]:
 
 
 def _section(task: str, runs: list[Run]) -> Section:
-    """The section of one task's runs, as the TaskSpec of its first complete run that wrote one describes it."""
+    """The section of one task's runs, as the TaskSpec that its first complete run wrote describes it (any run's, when no complete run wrote one)."""
     complete = [r for r in runs if r.complete]
     written = next((r.spec for r in [*complete, *runs] if r.spec is not None), None)
     spec = written or generic_spec(task)
