@@ -40,8 +40,9 @@ def judge_description(train: TensorSplit, dataset: str, class_names: list[str], 
     }
 
 
-def blur_half(images: torch.Tensor, max_sigma: float, generator: torch.Generator) -> torch.Tensor:
-    """A random half of a float batch blurred by a Gaussian of one random sigma in [0.5, max_sigma]:
+def blur_half(images: torch.Tensor, max_sigma: float, generator: torch.Generator | None) -> torch.Tensor:
+    """A random half of a float batch blurred by a Gaussian of one random sigma in [0.5, max_sigma], drawn from
+    `generator` (torch's global one when None):
     VAE outputs are blurry, and a judge that has only seen sharp images reads blur as a class of its own."""
     if max_sigma <= 0:
         return images

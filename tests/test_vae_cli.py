@@ -26,11 +26,14 @@ SUMMARY_KEYS = {
 
 @pytest.fixture(scope="module")
 def trained_run(image_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One `python -m s18exp task=vae data=imagefolder ...` run of 1 epoch; its run dir."""
+    """One `python -m s18exp task=vae data=imagefolder ...` run of 1 epoch, with the guide term on (so that
+    its checkpoint holds a guide that generate must load); its run dir."""
     work = tmp_path_factory.mktemp("vae-cli")
     run_dir = work / "run"
     result = run_cli(
-        "s18exp", ["task=vae", *tiny_overrides(image_folder, work), "model.condition=both", f"hydra.run.dir={run_dir}"], work
+        "s18exp",
+        ["task=vae", *tiny_overrides(image_folder, work), "model.condition=both", "task.guide_weight=20", f"hydra.run.dir={run_dir}"],
+        work,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return run_dir
@@ -50,6 +53,8 @@ def test_one_epoch_run_leaves_the_run_dir_contract(trained_run: Path):
     for name in FILES.values():
         assert (trained_run / name).stat().st_size > 0
     assert (trained_run / "checkpoints" / "best.pt").is_file() and (trained_run / "checkpoints" / "last.pt").is_file()
+    weights = torch.load(trained_run / "checkpoints" / "best.pt", weights_only=False)["model"]
+    assert any(key.startswith("guide.") for key in weights)  # the guide trained and was saved with the model
     assert list((trained_run / "wandb").glob("offline-run-*")), "no offline W&B run"
 
 

@@ -159,3 +159,49 @@ def test_judge_training_blurs_a_random_half_of_each_batch():
     assert torch.equal(out[~changed], images[~changed])
     assert torch.equal(blur_half(images, 0.0, torch.Generator()), images)
     assert blur_half(torch.rand(2, 1, 4, 4), 2.0, torch.Generator()).shape == (2, 1, 4, 4)  # tiny images work
+
+
+def make_guided(condition: str = "both", guide_width: int = 4) -> LabelVAE:
+    torch.manual_seed(0)
+    return LabelVAE(10, MaxPoolDownsample, TransposeUpsample, image_size=32, in_channels=1, latent_dim=6,
+                    condition=condition, width=4, depth=2, embed_dim=5, guide_width=guide_width)
+
+
+def test_guide_exists_only_where_the_decoder_sees_the_label_and_a_width_is_given():
+    assert isinstance(make_guided("both").guide, Judge)
+    assert isinstance(make_guided("decoder").guide, Judge)
+    assert make_guided("encoder").guide is None
+    assert make_guided("both", guide_width=0).guide is None
+    with pytest.raises(UserError, match="model.guide_width=-1"):
+        make_guided(guide_width=-1)
+
+
+def test_guide_verdict_on_drawn_images_teaches_the_decoder_only():
+    model = make_guided("both").eval()  # eval: no dropout, so the guide's passes can be repeated exactly
+    x, labels, given = torch.rand(4, 1, 32, 32), torch.tensor([0, 1, 2, 3]), torch.tensor([5, 6, 7, 8])
+    torch.manual_seed(1)
+    logits, mu, logvar, on_real, on_drawn = model(x, labels, guide_inputs=x, guide_labels=given)
+    assert on_real.shape == on_drawn.shape == (4, 10)
+    # the verdicts are the guide's own logits, on the real images and on the drawn mean images for the same z
+    torch.manual_seed(1)
+    mu2, logvar2 = model.encode(x, labels)
+    z = mu2 + torch.randn_like(mu2) * (0.5 * logvar2).exp()
+    with torch.no_grad():
+        assert torch.allclose(on_real, model.guide(x), atol=1e-5)
+        assert torch.allclose(on_drawn, model.guide(torch.sigmoid(model.decode(z, given))), atol=1e-5)
+
+    model.zero_grad()
+    torch.nn.functional.cross_entropy(on_drawn, given).backward()
+    decoder_grad = sum(p.grad.abs().sum() for p in model.decoder.parameters() if p.grad is not None)
+    assert decoder_grad > 0
+    assert all(p.grad is None or not p.grad.any() for p in model.guide.parameters())
+    assert all(p.grad is None or not p.grad.any() for p in model.encoder.parameters())
+
+    model.zero_grad()
+    torch.manual_seed(1)
+    _, _, _, on_real, _ = model(x, labels, guide_inputs=x, guide_labels=given)
+    torch.nn.functional.cross_entropy(on_real, labels).backward()
+    assert sum(p.grad.abs().sum() for p in model.guide.parameters()) > 0
+    assert all(p.grad is None or not p.grad.any() for p in model.decoder.parameters())
+    # without guide labels the model returns the plain triple
+    assert len(model(x, labels)) == 3

@@ -342,3 +342,46 @@ def test_the_console_table_shows_the_judge_accuracy_beside_the_test_scores() -> 
 
     summary = {"test/elbo": 104.0, "judge/test_acc": 0.995, "params": 12345, "best_val/elbo": 105.0, "status": "complete"}
     assert summary_metrics(summary) == {"test/elbo": 104.0, "judge/test_acc": 0.995}
+
+
+def test_guide_term_adds_the_guides_cross_entropies_to_the_elbo(image_folder: Path, tmp_path: Path, one_thread):
+    import torch.nn.functional as F
+    from s18exp.models.vae import gaussian_kl
+
+    base = [*tiny_overrides(image_folder, tmp_path), "model.condition=both", "task.encoder_label_noise=0",
+            "task.prior_z_share=0", "task.beta=1", "task.beta_start=1", "model.guide_width=4"]
+    task = VAETask(compose_vae([*base, "task.guide_weight=7", "task.guide_blur=0"]))
+    model = task.build_model().eval()
+    images, labels = task.build_data().train.images[:6], torch.tensor([0, 1, 2, 0, 1, 2])
+    torch.manual_seed(2)
+    loss = task.training_loss(model, images, labels).item()
+
+    # by hand: one wrong label per image, then the encoder's draw of z, the reconstruction and the guide
+    x = task.to_input(images)
+    torch.manual_seed(2)
+    given = other_labels(labels, len(CLASSES), None)
+    mu, logvar = model.encode(x, labels)
+    z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+    with torch.no_grad():
+        elbo = (task.likelihood(model.decode(z, labels), x) + gaussian_kl(mu, logvar)).mean()
+        on_real = F.cross_entropy(model.guide(x), labels)
+        on_drawn = F.cross_entropy(model.guide(torch.sigmoid(model.decode(z, given))), given)
+    assert loss == pytest.approx((elbo + on_real + 7 * on_drawn).item(), rel=1e-5)
+    assert on_drawn.item() > 0.1  # an untrained guide: the term is far from zero
+
+    # weight 0 builds no guide at all; the plain ELBO then is the whole loss
+    assert VAETask(compose_vae([*base, "task.guide_weight=0"])).build_model().guide is None
+    for bad in ("task.guide_weight=-1", "task.guide_weight=abc", "task.guide_weight=inf", "task.guide_blur=-2"):
+        with pytest.raises(UserError, match=bad.split("=")[0] + "="):
+            VAETask(compose_vae([*base, bad]))
+    for bad in ("model.guide_width=-1", "model.guide_width=2.5", "model.guide_width=true"):
+        with pytest.raises(UserError, match="model.guide_width="):
+            VAETask(compose_vae([*base, "task.guide_weight=7", bad])).build_model()
+
+
+def test_the_guide_is_on_by_default_for_cifar10_only_and_the_command_line_wins():
+    assert compose_vae(["data=cifar10"]).task.guide_weight == 200
+    assert compose_vae([]).task.guide_weight == 0  # MNIST
+    assert compose_vae(["data=imagefolder", "data.root=/x"]).task.guide_weight == 0
+    assert compose_vae(["data=cifar10", "task.guide_weight=5"]).task.guide_weight == 5
+    assert compose_vae(["task.guide_weight=5"]).task.guide_weight == 5

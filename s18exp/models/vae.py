@@ -22,6 +22,7 @@ from torch import nn
 
 from s18exp.blocks import DoubleConv, Down, Downsample, Upsample
 from s18exp.errors import UserError
+from s18exp.models.judge import build_judge
 
 CONDITIONS = ("encoder", "decoder", "both")
 LOGVAR_RANGE = (-30.0, 20.0)  # clamped for numerical safety: exp() of these stays finite in bf16 and fp32
@@ -117,10 +118,13 @@ class LabelDecoder(_DecoderBody):
 
 
 class LabelVAE(nn.Module):
-    """Conv VAE taking an image and its label; `forward` returns (logits, mu, logvar).
+    """Conv VAE taking an image and its label; `forward` returns (logits, mu, logvar), and in training with
+    the guide two classifier verdicts more.
 
     Level i of the encoder has `width * 2**i` channels; `depth` down steps bring `image_size` to
     `image_size / 2**depth`, flattened into the heads of mu and log-variance. The decoder mirrors it.
+    With `guide_width` > 0 and a decoder that takes the label, it also holds `guide`, a classifier of the
+    judge's architecture that only training uses (see `forward`).
     """
 
     def __init__(
@@ -136,9 +140,12 @@ class LabelVAE(nn.Module):
         depth: int = 3,
         embed_dim: int = 16,
         label_every_level: bool = True,
+        guide_width: int = 0,
     ) -> None:
         super().__init__()
         check_condition(condition)
+        if isinstance(guide_width, bool) or not isinstance(guide_width, int) or guide_width < 0:
+            raise UserError(f"model.guide_width={guide_width!r} must be an integer >= 0 (0: no guide classifier); e.g. model.guide_width=16")
         if image_size % 2**depth:
             raise UserError(f"data.image_size={image_size} is not divisible by 2**model.depth={2**depth}")
         self.condition = condition
@@ -155,6 +162,13 @@ class LabelVAE(nn.Module):
             )
         else:
             self.decoder = Decoder(latent_dim, channels, size, in_channels, upsample)
+        # A classifier trained beside the VAE on real images, whose verdict on decoded images teaches the
+        # decoder to draw the given label's class legibly (VAETask's guide term). Only a decoder that sees the
+        # label can follow it, so `encoder` has none.
+        self.guide = (
+            build_judge(num_classes, in_channels, image_size, guide_width)
+            if guide_width and self.decoder_sees_label else None
+        )
 
     @property
     def decoder_sees_label(self) -> bool:
@@ -169,16 +183,28 @@ class LabelVAE(nn.Module):
 
     def forward(
         self, x: torch.Tensor, labels: torch.Tensor, encoder_labels: torch.Tensor | None = None,
-        from_prior: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from_prior: torch.Tensor | None = None, guide_inputs: torch.Tensor | None = None,
+        guide_labels: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ...]:
         """(logits, mu, logvar) of the image `x`; the decoder gets `labels`, the encoder `encoder_labels`
         where given, else `labels` too. Rows where the boolean `from_prior` holds decode a z drawn from the
-        prior N(0, I) instead of q(z|x, y) (both are training devices of VAETask)."""
+        prior N(0, I) instead of q(z|x, y) (both are training devices of VAETask).
+
+        With `guide_labels` (and a guide), two more: the guide's logits for `guide_inputs` (the real images
+        it learns from) and its logits for the decoder's mean images of the same z decoded with
+        `guide_labels`. That second pass sends gradients to the decoder only: z is detached and the guide is
+        applied with detached weights, so the guide never learns to read what the decoder draws."""
         mu, logvar = self.encode(x, labels if encoder_labels is None else encoder_labels)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
         if from_prior is not None:
             z = torch.where(from_prior[:, None], torch.randn_like(z), z)
-        return self.decode(z, labels), mu, logvar
+        logits = self.decode(z, labels)
+        if guide_labels is None or self.guide is None:
+            return logits, mu, logvar
+        drawn = torch.sigmoid(self.decode(z.detach(), guide_labels))
+        frozen = {name: p.detach() for name, p in self.guide.named_parameters()}
+        verdict = torch.func.functional_call(self.guide, frozen, (drawn,))
+        return logits, mu, logvar, self.guide(guide_inputs), verdict
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

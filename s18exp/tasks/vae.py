@@ -15,10 +15,12 @@ reconstructions.png, samples.png) and scores the whole test split with the judge
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageDraw
@@ -29,7 +31,7 @@ from s18exp.errors import UserError, instantiate
 from s18exp.atomic_files import atomic_save_image
 from s18exp.distributed import all_reduce_sum
 from s18exp.runtime import Runtime, unwrap
-from s18exp.judge_training import judge_for
+from s18exp.judge_training import blur_half, judge_for
 from s18exp.models.judge import classify
 from s18exp.models.vae import BernoulliLikelihood, GaussianLikelihood, check_condition, gaussian_kl
 from s18exp.pictures import captioned_grid, font, side_by_side, titled, to_pil
@@ -65,12 +67,21 @@ def likelihood_for(loss: DictConfig) -> nn.Module:
     )
 
 
-def other_labels(true: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
-    """A label for each entry of `true`, uniform over the num_classes - 1 classes other than the true one."""
+def other_labels(true: torch.Tensor, num_classes: int, generator: torch.Generator | None) -> torch.Tensor:
+    """A label for each entry of `true`, uniform over the num_classes - 1 classes other than the true one
+    (drawn from `generator`, or torch's global one when None)."""
     if num_classes < 2:
         raise UserError("a wrong label needs at least 2 classes; the dataset has fewer")
-    shift = torch.randint(1, num_classes, true.shape, generator=generator)
-    return (true.long() + shift) % num_classes
+    shift = torch.randint(1, num_classes, true.shape, generator=generator)  # drawn on the CPU: no device sync
+    return (true.long() + shift.to(true.device)) % num_classes
+
+
+def non_negative(cfg: DictConfig, key: str, example: str) -> float:
+    """The number at `key` (0 when absent); anything but a finite number >= 0 is a one-line UserError."""
+    value = OmegaConf.select(cfg, key, default=0.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise UserError(f"{key}={value!r} must be a finite number >= 0; e.g. {example}")
+    return float(value)
 
 
 def spanning_selection(labels: torch.Tensor, count: int, seed: int) -> list[int]:
@@ -138,6 +149,8 @@ class VAETask:
             raise UserError(f"task.encoder_label_noise={noise} is not a probability; e.g. task.encoder_label_noise=0.5")
         # Only `both` feeds the label to the encoder; elsewhere there is no encoder label to make noisy.
         self.encoder_label_noise = noise if cfg.model.condition == "both" else 0.0
+        self.guide_weight = non_negative(cfg, "task.guide_weight", "task.guide_weight=200")
+        self.guide_blur = non_negative(cfg, "task.guide_blur", "task.guide_blur=2")
 
     @property
     def num_classes(self) -> int:
@@ -156,6 +169,8 @@ class VAETask:
             image_size=self.cfg.data.image_size,
             downsample=instantiate(self.cfg.encoder.downsample),
             upsample=instantiate(self.cfg.decoder.upsample),
+            # the guide classifier exists only when its term is on: no unused weights otherwise
+            guide_width=self.cfg.model.get("guide_width", 0) if self.guide_weight > 0 else 0,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -192,7 +207,7 @@ class VAETask:
                 Column("judge/test_acc", "judge acc", None),
             ),
             curve_panels=(
-                CurvePanel("negative ELBO (train solid, val dashed)", (Curve("train/loss", "train", "-"), Curve("val/elbo", "val", "--"))),
+                CurvePanel("train loss (solid), val negative ELBO (dashed)", (Curve("train/loss", "train", "-"), Curve("val/elbo", "val", "--"))),
                 CurvePanel("validation recon (solid) and KL (dashed), nats; log scale", (Curve("val/recon", "recon", "-"), Curve("val/kl", "KL", "--")), log_y=True),
             ),
             bars_title="wrong-label scores (judge classifier)",
@@ -244,10 +259,20 @@ class VAETask:
     def training_loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, progress: float = 1.0) -> torch.Tensor:
         """The negative ELBO with the KL weighted by `beta_at(progress)`, mean over the batch, in nats per image;
         the rows of `prior_rows` are decoded from a prior z (their reconstruction term then teaches the decoder
-        to draw the label's class from any z)."""
+        to draw the label's class from any z). With the guide on (`task.guide_weight` > 0), plus the guide's
+        cross-entropy on the real images (half blurred) and `guide_weight` x its cross-entropy on each z decoded
+        under a random wrong label, against that label (docs/vae.md, "The guide term")."""
         x = self.to_input(images)
-        logits, mu, logvar = model(x, labels, self.encoder_labels(labels), self.prior_rows(len(x), x.device))
-        return (self.likelihood(logits, x) + self.beta_at(progress) * gaussian_kl(mu, logvar)).mean()
+        encoder_labels, prior_rows = self.encoder_labels(labels), self.prior_rows(len(x), x.device)
+        guide_term = 0.0
+        if self.guide_weight <= 0 or getattr(unwrap(model), "guide", None) is None:
+            logits, mu, logvar = model(x, labels, encoder_labels, prior_rows)
+        else:
+            given = other_labels(labels, self.num_classes, None)
+            seen = blur_half(x, self.guide_blur, None)
+            logits, mu, logvar, on_real, on_drawn = model(x, labels, encoder_labels, prior_rows, seen, given)
+            guide_term = F.cross_entropy(on_real.float(), labels) + self.guide_weight * F.cross_entropy(on_drawn.float(), given)
+        return (self.likelihood(logits, x) + self.beta_at(progress) * gaussian_kl(mu, logvar)).mean() + guide_term
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, batches: Batches, runtime: Runtime) -> dict[str, float]:
