@@ -280,14 +280,16 @@ class VAETask:
         model = unwrap(model)
         model.eval()
         sums = torch.zeros(2, dtype=torch.float64, device=runtime.device)
-        generator = torch.Generator(runtime.device).manual_seed(EVAL_SEED)
-        for images, labels in batches:
+        # One row of noise per item of the split, picked by the item's index: every item gets the same z
+        # whatever the batch size and however many ranks share the split.
+        noise_by_item = torch.randn(len(batches.split), model.latent_dim, generator=torch.Generator().manual_seed(EVAL_SEED))
+        for index, (images, labels) in zip(batches.index_batches(), batches):
             images, labels = runtime.to_device(images, labels)
             x = self.to_input(images)
             with runtime.autocast():
                 mu, logvar = model.encode(x, labels)
                 mu, logvar = mu.float(), logvar.float()
-                noise = torch.randn(mu.shape, generator=generator, device=mu.device)
+                noise = noise_by_item[index].to(mu.device)
                 logits = model.decode(mu + noise * (0.5 * logvar).exp(), labels)
             recon, kl = self.likelihood(logits, x), gaussian_kl(mu, logvar)
             sums += torch.stack([recon.sum(), kl.sum()]).double()
