@@ -78,19 +78,22 @@ def test_sigkill_after_first_checkpoint_then_rerun_matches_uninterrupted_run(ima
     reference_dir = reference_work / "run"
     reference = start(interruptible_overrides(image_folder, reference_work, reference_dir), reference_work)
 
-    run_dir = tmp_path / "run"
-    args = interruptible_overrides(image_folder, tmp_path, run_dir)
-    kill_after_first_checkpoint(args, run_dir, tmp_path)
-    killed = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
-    # Killed before the last epoch's checkpoint: the rerun has epochs to train, with the restored guide and RNG.
-    assert 1 <= killed["train_state"]["epochs_completed"] < 3
-    assert guide_keys(killed["model"])
+    try:
+        run_dir = tmp_path / "run"
+        args = interruptible_overrides(image_folder, tmp_path, run_dir)
+        kill_after_first_checkpoint(args, run_dir, tmp_path)
+        killed = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+        # Killed before the last epoch's checkpoint: the rerun has epochs to train, with the restored guide and RNG.
+        assert 1 <= killed["train_state"]["epochs_completed"] < 3
+        assert guide_keys(killed["model"])
 
-    result = run_cli(args, tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "resuming from" in (run_dir / "s18exp.log").read_text()
-    _, stderr = reference.communicate(timeout=240)
-    assert reference.returncode == 0, stderr[-3000:]
+        result = run_cli(args, tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "resuming from" in (run_dir / "s18exp.log").read_text()
+        _, stderr = reference.communicate(timeout=240)
+        assert reference.returncode == 0, stderr[-3000:]
+    finally:
+        reference.kill()  # a no-op once it has ended; stops it when an assertion above failed first
     assert_same_training(run_dir, reference_dir)
     # The guide went on learning after the resume: its weights moved from those of the killed run.
     final = model_state(run_dir)
@@ -127,4 +130,4 @@ def test_two_rank_gloo_run_with_the_guide_writes_once_and_scores_as_one_process(
     runtime = Runtime(torch.device("cpu"), "fp32", channels_last=True)
     whole = task.test(runtime.prepare_model(model), Batches(task.build_data().test, 500), runtime)
     for key in ("elbo", "recon", "kl"):
-        assert summary[f"test/{key}"] == pytest.approx(whole[key], rel=1e-5), key
+        assert summary[f"test/{key}"] == pytest.approx(whole[key], rel=1e-6), key
