@@ -104,10 +104,12 @@ def main() -> None:
     exit_on_unknown_keys(sys.argv[1:])
     if distributed.launched_by_torchrun():
         _agree_on_run_dir()
+    finished = False
     try:
         _hydra_main()
+        finished = True
     finally:
-        distributed.shutdown()
+        distributed.shutdown(wait_for_ranks=finished)
 
 
 if __name__ == "__main__":

@@ -83,8 +83,13 @@ def barrier(dist: Dist) -> None:
         torch_dist.barrier()
 
 
-def shutdown() -> None:
+def shutdown(wait_for_ranks: bool) -> None:
     """Leave the process group before the interpreter exits: a gloo group left for the exit to tear down can
-    abort its rank ("terminate called without an active exception") while another rank is still writing."""
+    abort its rank ("terminate called without an active exception") while another rank is still writing.
+    wait_for_ranks: meet the other ranks first, so that no rank tears its group down while another is still in
+    a collective or writing the run's files (seen to abort a rank too); only after a run that ended normally,
+    as a failed rank's partners may never reach the barrier."""
     if torch_dist.is_initialized():
+        if wait_for_ranks:
+            torch_dist.barrier()
         torch_dist.destroy_process_group()
