@@ -5,12 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 import s18exp.paths
 from s18exp.config import validate
 from s18exp.errors import UserError
+from s18exp.losses import LovaszCELoss, LovaszSoftmaxLoss
+from s18exp.tasks.segmentation import SegmentationTask
 
 CONFIG_DIR = s18exp.paths.CONFIG_DIR
 # Groups whose options are plain values under the group's own key (not `@package _global_`).
@@ -174,3 +177,13 @@ def test_image_size_error_suggests_a_size_that_validates() -> None:
     suggested = str(info.value).split("use data.image_size=")[1].split()[0]
     assert int(suggested) % 16 == 0
     validate(compose_config(f"data.image_size={suggested}", "model.depth=4"))
+
+
+def test_loss_lovasz_ce_builds_the_weighted_lovasz_plus_cross_entropy() -> None:
+    cfg = compose_config("loss=lovasz_ce")
+    assert (cfg.loss.name, cfg.combo) == ("lovasz_ce", "mp_tr_lovce")
+    criterion = SegmentationTask(cfg).criterion
+    assert isinstance(criterion, LovaszCELoss) and (criterion.lovasz_weight, criterion.ce_weight) == (1.0, 1.0)
+    logits, target = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+    expected = LovaszSoftmaxLoss()(logits, target) + torch.nn.functional.cross_entropy(logits, target)
+    assert criterion(logits, target).item() == pytest.approx(expected.item(), rel=1e-6)

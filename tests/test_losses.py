@@ -1,4 +1,4 @@
-"""BCE and soft Dice against straightforward calculations written out in numpy and by hand."""
+"""BCE, soft Dice and Lovász-softmax against straightforward calculations written out in numpy and by hand."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from s18exp.losses import OneHotBCEWithLogitsLoss, SoftDiceLoss, one_hot
+from s18exp.losses import LovaszCELoss, LovaszSoftmaxLoss, OneHotBCEWithLogitsLoss, SoftDiceLoss, one_hot
 
 
 def random_case(n: int = 2, c: int = 3, h: int = 4, w: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,7 +116,10 @@ def test_dice_smoothing_parameter_is_used() -> None:
         assert SoftDiceLoss(smooth=smooth)(logits, target).item() == pytest.approx(expected, rel=1e-5)
 
 
-@pytest.mark.parametrize("criterion", [OneHotBCEWithLogitsLoss(), SoftDiceLoss(smooth=1.0)], ids=["bce", "dice"])
+@pytest.mark.parametrize(
+    "criterion", [OneHotBCEWithLogitsLoss(), SoftDiceLoss(smooth=1.0), LovaszSoftmaxLoss(), LovaszCELoss()],
+    ids=["bce", "dice", "lovasz", "lovasz_ce"],
+)
 def test_gradients_flow_and_a_step_lowers_the_loss(criterion: torch.nn.Module) -> None:
     logits, target = random_case(seed=5)
     logits.requires_grad_(True)
@@ -126,3 +129,66 @@ def test_gradients_flow_and_a_step_lowers_the_loss(criterion: torch.nn.Module) -
     assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0
     with torch.no_grad():
         assert criterion(logits - 0.5 * grad / grad.norm(), target) < loss
+
+
+def jaccard_loss_of_errors(truth: np.ndarray, wrong: set[int]) -> float:
+    """1 - IoU of one class when exactly the pixels in `wrong` are mispredicted (misses and false alarms)."""
+    positives = {i for i, t in enumerate(truth) if t}
+    predicted = (positives - wrong) | (wrong - positives)
+    return 1 - len(positives & predicted) / len(positives | predicted)
+
+
+def lovasz_by_hand(probs: np.ndarray, target: np.ndarray) -> float:
+    """The Lovász extension of each present class's Jaccard loss at its pixel errors, from its definition:
+    errors sorted down, each weighted by the loss's rise when its pixel joins the set of mispredicted pixels;
+    mean over the classes present in the target."""
+    flat_target = target.reshape(-1)
+    per_class = []
+    for k in range(probs.shape[1]):
+        truth = flat_target == k
+        if not truth.any():
+            continue
+        errors = np.abs(truth - np.moveaxis(probs, 1, -1)[..., k].reshape(-1))
+        order = sorted(range(len(errors)), key=lambda i: -errors[i])
+        total, wrong, before = 0.0, set(), 0.0
+        for i in order:
+            wrong.add(i)
+            after = jaccard_loss_of_errors(truth, wrong)
+            total += errors[i] * (after - before)
+            before = after
+        per_class.append(total)
+    return float(np.mean(per_class))
+
+
+def test_lovasz_of_hard_predictions_is_one_minus_the_mean_iou_of_present_classes() -> None:
+    g = torch.Generator().manual_seed(3)
+    predicted, target = torch.randint(0, 3, (2, 6, 7), generator=g), torch.randint(0, 3, (2, 6, 7), generator=g)
+    logits = one_hot(predicted, 3) * 100.0
+    ious = [((predicted == k) & (target == k)).sum().item() / ((predicted == k) | (target == k)).sum().item() for k in range(3)]
+    assert LovaszSoftmaxLoss()(logits, target).item() == pytest.approx(1 - np.mean(ious), abs=1e-5)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_lovasz_matches_the_extension_computed_from_its_definition(seed: int) -> None:
+    logits, target = random_case(n=2, c=3, h=3, w=4, seed=seed)
+    expected = lovasz_by_hand(softmax(logits.numpy()), target.numpy())
+    assert LovaszSoftmaxLoss()(logits, target).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_lovasz_skips_classes_absent_from_the_masks() -> None:
+    logits, _ = random_case(seed=4)
+    target = torch.zeros(2, 4, 5, dtype=torch.long)
+    target[:, :2] = 2  # class 1 is absent
+    probs = softmax(logits.numpy())
+    expected = lovasz_by_hand(probs, target.numpy())
+    assert LovaszSoftmaxLoss()(logits, target).item() == pytest.approx(expected, rel=1e-5)
+    # counted, the absent class would add its largest probability (every pixel of it a false alarm) to the mean
+    counting_absent = (2 * expected + probs[:, 1].max()) / 3
+    assert abs(LovaszSoftmaxLoss()(logits, target).item() - counting_absent) > 1e-3
+
+
+def test_lovasz_ce_is_the_weighted_sum_of_its_terms() -> None:
+    logits, target = random_case(seed=6)
+    lovasz = LovaszSoftmaxLoss()(logits, target).item()
+    ce = -np.mean(np.log(np.take_along_axis(softmax(logits.numpy()), target.numpy()[:, None], axis=1)))
+    assert LovaszCELoss(lovasz_weight=0.5, ce_weight=2.0)(logits, target).item() == pytest.approx(0.5 * lovasz + 2.0 * ce, rel=1e-5)
