@@ -21,6 +21,7 @@ with a one-line message to retrain, never loaded the unsafe way.
 from __future__ import annotations
 
 import inspect
+import json
 import pickle
 from functools import lru_cache
 from pathlib import Path
@@ -75,6 +76,19 @@ def check_targets(config: Any, source: Path) -> None:
                 f"{source} asks to build _target_={target!r}, which is not one of s18exp's config options; "
                 "refusing to load a checkpoint from an unknown source (use one that s18exp trained)"
             )
+
+
+TEST_WEIGHTS = ("best", "last")  # checkpoints/best.pt (best validation score) and last.pt (end of training)
+
+
+def run_weights_file(run_dir: Path) -> Path:
+    """The checkpoint a run dir stands for: the one its test split was scored with (`test_weights` in its
+    summary.json, from `eval.weights`), or best.pt for a run without a complete summary."""
+    try:
+        chosen = json.loads((run_dir / "summary.json").read_text()).get("test_weights")
+    except (OSError, ValueError, AttributeError):
+        chosen = None
+    return run_dir / "checkpoints" / f"{chosen if chosen in TEST_WEIGHTS else 'best'}.pt"
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import Callable, ParamSpec
 import torch
 
 from s18exp import console
+from s18exp.checkpoint import run_weights_file
 from s18exp.errors import UserError, find_user_error
 from s18exp.runtime import resolve_device
 
@@ -70,10 +71,11 @@ def parse_args(argv: list[str], required: tuple[str, ...], defaults: dict[str, s
 
 
 def checkpoint_file(value: str) -> Path:
-    """The checkpoint that `ckpt=` names: a .pt file, or a run dir, whose `checkpoints/best.pt` it means."""
+    """The checkpoint that `ckpt=` names: a .pt file, or a run dir, which means the checkpoint its test split was
+    scored with (`checkpoints/best.pt` or `last.pt`, as its `eval.weights` said; best.pt for an unfinished run)."""
     path = Path(value).expanduser()
     if path.is_dir():
-        path = path / "checkpoints" / "best.pt"
+        path = run_weights_file(path)
     if not path.is_file():
         raise UserError(f"ckpt={value} holds no checkpoint; give a run dir with checkpoints/best.pt or a .pt file")
     return path

@@ -7,6 +7,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from s18exp.checkpoint import TEST_WEIGHTS
 from s18exp.errors import UserError
 from s18exp.lr_find.range_test import RULES
 from s18exp.paths import CONFIG_DIR
@@ -95,6 +96,7 @@ def validate(cfg: DictConfig, lr_find: bool = False) -> None:
         _positive(cfg, f"data.limit_{split}", allow_none=True)
     _choice(cfg.trainer.precision, "trainer.precision", PRECISIONS)
     _choice(cfg.wandb.mode, "wandb.mode", MODES)
+    _choice(cfg.eval.weights, "eval.weights", TEST_WEIGHTS)
     if "depth" in cfg.model:
         _positive(cfg, "model.depth")
         _positive(cfg, "model.width")

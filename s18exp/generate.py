@@ -10,7 +10,8 @@ Feeds N test images of the run's dataset to a trained VAE, each with a WRONG lab
 - `class_names`: str (num_classes,), index -> name.
 
 The N images are a seeded random choice from the whole test split (the run's `data.limit_test` does not
-apply). `ckpt=` is a run dir (its `checkpoints/best.pt`) or a checkpoint file; the model, its config and
+apply). `ckpt=` is a run dir (the checkpoint its test split was scored with, `checkpoints/best.pt` or
+`last.pt` as its `eval.weights` said) or a checkpoint file; the model, its config and
 class names come from it; `root=DIR` reads the data from another folder than the one the run used.
 `device` and `precision` work as in `python -m s18exp.predict`; the last line says how many outputs took how long.
 """

@@ -2,10 +2,11 @@
 
 For each input image writes `<stem>.png`, a mask at the image's original resolution (trimap coding
 1 pet, 2 background, 3 border; for a `data.classes=binary` model 0 background, 1 pet), and
-`<stem>_overlay.jpg`, the mask's colours over the image. `ckpt=` is a run dir (its `checkpoints/best.pt`)
-or a checkpoint file; everything the model needs (its config, class names, weights) comes from it. Logits
-are resized to the original resolution (bilinear) before the argmax, so mask edges follow the image rather
-than a blocky upscaled label map, exactly as the run scored its test split. `tta` defaults to the
+`<stem>_overlay.jpg`, the mask's colours over the image. `ckpt=` is a run dir (the checkpoint its test split
+was scored with, `checkpoints/best.pt` or `last.pt` as its `eval.weights` said) or a checkpoint file;
+everything the model needs (its config, class names, weights) comes from it. Logits are resized to the
+original resolution (bilinear) before the argmax, so mask edges follow the image rather than a blocky
+upscaled label map, exactly as the run scored its test split. `tta` defaults to the
 checkpoint's `eval.tta` (`flip` when the checkpoint predates it): flip averages the logits of the image
 and of its mirror image. `tta_scales` (e.g. `tta_scales=0.75,1,1.25`) defaults to the checkpoint's
 `eval.tta_scales` (`1`): one view per factor, the resized image's logits resized back, all views averaged.

@@ -259,13 +259,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 resume=resume, stop=stop,
             )
         distributed.barrier(dist)
-        best = read_checkpoint(run_dir / "checkpoints" / "best.pt")
-        model.load_state_dict(best["model"])
+        weights_file = run_dir / "checkpoints" / f"{cfg.eval.weights}.pt"
+        tested = read_checkpoint(weights_file)
+        model.load_state_dict(tested["model"])
+        test_epoch = tested["epoch"]
         test_scores = task.test(model, test, runtime)
         extra = task.finalize(model, data, runtime, run_dir, tracker) if dist.is_main else {}
         summary = {
             **{f"test/{k}": v for k, v in test_scores.items()},
             **extra,
+            "test_weights": cfg.eval.weights,
+            "test_epoch": test_epoch,
             "best_epoch": state.best_epoch,
             f"best_val/{task.monitor}": state.best_value,
             "epochs_completed": state.epochs_completed,
@@ -286,9 +290,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             atomic_write_json(summary, run_dir / SUMMARY)
             tracker.summarize({k: v for k, v in summary.items() if k != SUMMARY_BLOCK})
             if cfg.wandb.log_checkpoint:
-                tracker.log_artifact(run_dir / "checkpoints" / "best.pt", name=f"{cfg.run_name}-best")
+                tracker.log_artifact(weights_file, name=f"{cfg.run_name}-{cfg.eval.weights}")
             console.show_metrics(
-                f"test metrics of {cfg.run_name} (best epoch {state.best_epoch})", summary_metrics(summary), one_line=sweep_job is not None
+                f"test metrics of {cfg.run_name} ({cfg.eval.weights} weights, epoch {test_epoch})", summary_metrics(summary), one_line=sweep_job is not None
             )
     except BaseException as exc:
         status = "interrupted" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "failed"

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from conftest import TinyPets, cli_env, smoke_overrides_for
 from s18exp import generate, predict
-from s18exp.checkpoint import check_targets, load_checkpoint, project_targets, read_checkpoint
+from s18exp.checkpoint import check_targets, load_checkpoint, project_targets, read_checkpoint, run_weights_file
 from s18exp.errors import UserError
 from s18exp.runtime import rng_state, set_rng_state
 from s18exp.paths import CONFIG_DIR
@@ -252,3 +252,21 @@ def test_resume_with_a_wider_model_is_one_line_before_training(tiny_pets: TinyPe
     assert "the model differs from the one in" in one_error_line(result.stderr)
     assert not (second / "checkpoints").exists()
     assert json.loads((first / "summary.json").read_text())["status"] == "complete"
+
+
+@pytest.mark.parametrize(
+    ("summary", "expected"),
+    [
+        ('{"test_weights": "last", "status": "complete"}', "last.pt"),
+        ('{"test_weights": "best", "status": "complete"}', "best.pt"),
+        ('{"status": "interrupted"}', "best.pt"),  # an unfinished run: its best so far
+        ('{"test_weights": "../../elsewhere"}', "best.pt"),  # only the two names a run writes
+        ("not json", "best.pt"),
+        ('["a list"]', "best.pt"),
+        (None, "best.pt"),  # no summary at all
+    ],
+)
+def test_a_run_dir_means_the_checkpoint_its_summary_names(tmp_path: Path, summary: str | None, expected: str) -> None:
+    if summary is not None:
+        (tmp_path / "summary.json").write_text(summary)
+    assert run_weights_file(tmp_path) == tmp_path / "checkpoints" / expected

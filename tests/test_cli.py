@@ -21,6 +21,7 @@ from wandb_offline import OfflineRun, offline_runs, read_run
 from omegaconf import OmegaConf
 from PIL import Image
 
+from s18exp import score
 from s18exp.blocks import MaxPoolDownsample, TransposeUpsample
 from s18exp.models.unet import UNet
 
@@ -115,6 +116,7 @@ def test_summary_json(finished_run: Path) -> None:
     assert summary["params"] == tiny_unet_params()
     assert summary["test_scoring"].startswith("original resolution, tta=flip")
     assert summary["epochs_completed"] == EPOCHS
+    assert (summary["test_weights"], summary["test_epoch"]) == ("best", summary["best_epoch"])
     assert 0.0 <= summary["test/pixel_acc"] <= 1.0
     ious = [summary[f"test/iou_{c}"] for c in ("pet", "background", "border")]
     assert summary["test/miou"] == pytest.approx(sum(v for v in ious if not math.isnan(v)) / sum(not math.isnan(v) for v in ious))
@@ -136,6 +138,26 @@ def test_checkpoints_hold_the_whole_state(finished_run: Path) -> None:
         model.load_state_dict(checkpoint["model"])  # strict: same architecture, same keys
     assert last["epoch"] == EPOCHS
     assert best["epoch"] == summary["best_epoch"]
+
+
+@pytest.mark.parametrize("weights", ["best", "last"])
+def test_eval_weights_picks_the_checkpoint_the_test_split_scores(tiny_pets: TinyPets, tmp_path: Path, weights: str) -> None:
+    args = with_override(smoke_overrides_for(tiny_pets.root, tmp_path), "trainer.max_epochs", 4)
+    run_dir = tmp_path / "run"
+    # a constant, too-high learning rate: validation peaks early, so best.pt and last.pt are different epochs
+    unstable = ["trainer.precision=fp32", "trainer.scheduler=null", "trainer.lr=0.05"]
+    result = run_cli([*args, *unstable, f"eval.weights={weights}", f"hydra.run.dir={run_dir}"], tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["best_epoch"] < 4, "the setting must end on an epoch that is not the best, or the test proves nothing"
+    assert (summary["test_weights"], summary["test_epoch"]) == (weights, {"best": summary["best_epoch"], "last": 4}[weights])
+    # the run dir, given as ckpt=, means that checkpoint, and scoring it again gives the summary's scores
+    out = tmp_path / "rescored.json"
+    assert score.main([f"ckpt={run_dir}", f"output={out}"]) == 0
+    rescored = json.loads(out.read_text())
+    assert rescored["checkpoint"] == str(run_dir / "checkpoints" / f"{weights}.pt")
+    for key in ("miou", "iou_pet", "iou_background", "iou_border", "pixel_acc"):
+        assert rescored[f"test/{key}"] == pytest.approx(summary[f"test/{key}"], abs=1e-6), key
 
 
 def test_predictions_png_shows_image_truth_and_prediction(finished_run: Path) -> None:

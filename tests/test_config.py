@@ -158,6 +158,7 @@ def test_valid_configs_pass_validation() -> None:
         (["trainer.grad_clip=inf"], "trainer.grad_clip", "inf"),
         (["trainer.precision=fp8"], "trainer.precision", "fp8"),
         (["wandb.mode=bogus"], "wandb.mode", "bogus"),
+        (["eval.weights=middle"], "eval.weights", "middle"),
         (["data.limit_train=0"], "data.limit_train", "0"),
         (["model.width=2.5"], "model.width", "2.5"),
     ],
