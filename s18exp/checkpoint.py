@@ -31,6 +31,7 @@ import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
+from s18exp.config import TEST_WEIGHTS
 from s18exp.errors import UserError
 from s18exp.paths import CONFIG_DIR
 from s18exp.tasks import Task, task_for
@@ -76,9 +77,6 @@ def check_targets(config: Any, source: Path) -> None:
                 f"{source} asks to build _target_={target!r}, which is not one of s18exp's config options; "
                 "refusing to load a checkpoint from an unknown source (use one that s18exp trained)"
             )
-
-
-TEST_WEIGHTS = ("best", "last")  # checkpoints/best.pt (best validation score) and last.pt (end of training)
 
 
 def run_weights_file(run_dir: Path) -> Path:

@@ -7,7 +7,6 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from s18exp.checkpoint import TEST_WEIGHTS
 from s18exp.errors import UserError
 from s18exp.lr_find.range_test import RULES
 from s18exp.paths import CONFIG_DIR
@@ -15,6 +14,7 @@ from s18exp.runtime import PRECISIONS
 from s18exp.tracking import MODES
 
 AUTO = "auto"  # the value of trainer.lr that asks for an LR range test before training (s18exp/lr_find/)
+TEST_WEIGHTS = ("best", "last")  # eval.weights: checkpoints/best.pt (best validation score) or last.pt (end of training)
 
 
 def default_of(key: str) -> Any:

@@ -146,8 +146,9 @@ def check_resumable(checkpoint: dict[str, Any], cfg: DictConfig, model: torch.nn
 
 
 def adopt_history(resume_path: Path, run_dir: Path) -> None:
-    """Resuming from another run's checkpoint: bring its metrics.jsonl and best checkpoint along, so this
-    run dir holds the whole history (best.pt falls back to the resumed checkpoint itself)."""
+    """Resuming from another run's checkpoint: bring its metrics.jsonl and checkpoints along, so this run dir
+    holds the whole history (best.pt falls back to the resumed checkpoint itself; last.pt is the resumed
+    checkpoint until training writes its own, so that a finished run resumed elsewhere has one to test)."""
     source_dir = resume_path.parent.parent
     if source_dir.resolve() == run_dir.resolve():
         return
@@ -156,6 +157,7 @@ def adopt_history(resume_path: Path, run_dir: Path) -> None:
     best = resume_path.parent / "best.pt"
     (run_dir / "checkpoints").mkdir(exist_ok=True)
     atomic_link(best if best.exists() else resume_path, run_dir / "checkpoints" / "best.pt")
+    atomic_link(resume_path, run_dir / "checkpoints" / "last.pt")
 
 
 def check_writable(run_dir: Path) -> None:

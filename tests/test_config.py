@@ -185,6 +185,7 @@ def test_loss_lovasz_ce_builds_the_weighted_lovasz_plus_cross_entropy() -> None:
     assert (cfg.loss.name, cfg.combo) == ("lovasz_ce", "mp_tr_lovce")
     criterion = SegmentationTask(cfg).criterion
     assert isinstance(criterion, LovaszCELoss) and (criterion.lovasz_weight, criterion.ce_weight) == (1.0, 1.0)
+    weighted = SegmentationTask(compose_config("loss=lovasz_ce", "loss.criterion.lovasz_weight=0.25")).criterion
     logits, target = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
-    expected = LovaszSoftmaxLoss()(logits, target) + torch.nn.functional.cross_entropy(logits, target)
-    assert criterion(logits, target).item() == pytest.approx(expected.item(), rel=1e-6)
+    lovasz, ce = LovaszSoftmaxLoss()(logits, target).item(), torch.nn.functional.cross_entropy(logits, target).item()
+    assert weighted(logits, target).item() == pytest.approx(0.25 * lovasz + ce, rel=1e-6)

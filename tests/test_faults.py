@@ -300,6 +300,11 @@ def test_resume_from_another_run_dir_and_refusal_of_a_changed_schedule(tiny_pets
     assert epochs_logged(second) == [1, 2]
     summary, expected = (json.loads((d / "summary.json").read_text()) for d in (second, first))
     assert {k: summary[k] for k in TEST_KEYS} == {k: expected[k] for k in TEST_KEYS}
+    # a finished run resumed elsewhere trains nothing, yet has a last.pt to test
+    result = run_cli(base + [f"hydra.run.dir={tmp_path / 'last'}", f"trainer.resume={first}", "eval.weights=last"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "last" / "summary.json").read_text())
+    assert (summary["status"], summary["test_weights"], summary["test_epoch"]) == ("complete", "last", 2)
 
     result = run_cli(base + [f"hydra.run.dir={tmp_path / 'third'}", f"trainer.resume={first}", "trainer.max_epochs=3"], tmp_path)
     assert result.returncode == 2
