@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import TinyPets
@@ -24,10 +25,20 @@ def load_script():
     return module
 
 
+CLASS_NAMES = ["pet", "background", "border"]
+
+
+def pair(trimap: np.ndarray, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(class indices at size x size, class indices at the original size) of a trimap coded 1, 2, 3, the
+    small one resized NEAREST, as the data pipeline does."""
+    small = np.asarray(Image.fromarray(trimap).resize((size, size), Image.NEAREST))
+    return torch.from_numpy(small - 1), torch.from_numpy(trimap - 1)
+
+
 def test_at_the_masks_own_size_the_ceiling_is_perfect() -> None:
     rng = np.random.default_rng(0)
-    trimaps = [Image.fromarray(rng.integers(1, 4, (6, 6), dtype=np.uint8)) for _ in range(3)]
-    scores = load_script().resolution_ceiling(trimaps, size=6)
+    trimaps = [rng.integers(1, 4, (6, 6), dtype=np.uint8) for _ in range(3)]
+    scores = load_script().resolution_ceiling([pair(t, 6) for t in trimaps], CLASS_NAMES)
     assert scores["miou"] == scores["pixel_acc"] == 1.0
 
 
@@ -39,7 +50,7 @@ def test_a_thin_border_vanishes_when_the_mask_shrinks() -> None:
     trimap = np.full((8, 8), 2, dtype=np.uint8)
     trimap[:, 3] = 3
     trimap[:4, 4:] = 1
-    scores = load_script().resolution_ceiling([Image.fromarray(trimap)], size=2)
+    scores = load_script().resolution_ceiling([pair(trimap, 2)], CLASS_NAMES)
     assert scores["iou_pet"] == pytest.approx(15 / 16)
     assert scores["iou_border"] == pytest.approx(0.0)
     assert scores["iou_background"] == pytest.approx(40 / 49)  # 40 true background pixels of the 49 predicted
