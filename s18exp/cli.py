@@ -77,7 +77,7 @@ def checkpoint_file(value: str) -> Path:
     if path.is_dir():
         path = run_weights_file(path)
     if not path.is_file():
-        raise UserError(f"ckpt={value} holds no checkpoint; give a run dir with checkpoints/best.pt or a .pt file")
+        raise UserError(f"ckpt={value} holds no checkpoint ({path} is missing); give a finished run dir or a .pt file")
     return path
 
 

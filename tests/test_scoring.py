@@ -318,7 +318,7 @@ def test_predict_takes_a_run_dir(tiny_pets: TinyPets, tmp_path: Path, capsys: py
     capsys.readouterr()
     assert predict.main([f"ckpt={empty}", f"input={image}", f"output={tmp_path / 'out2'}"]) == 2
     assert capsys.readouterr().err.splitlines() == [
-        f"error: ckpt={empty} holds no checkpoint; give a run dir with checkpoints/best.pt or a .pt file"
+        f"error: ckpt={empty} holds no checkpoint ({empty / 'checkpoints' / 'best.pt'} is missing); give a finished run dir or a .pt file"
     ]
     assert not (tmp_path / "out2").exists()
 

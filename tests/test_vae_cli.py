@@ -113,7 +113,7 @@ def test_generate_errors_are_one_line_printed_once(tmp_path: Path):
     result = run_cli("s18exp.generate", [f"ckpt={tmp_path}", "n=1", f"output={tmp_path / 'x.npz'}"], tmp_path)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        f"error: ckpt={tmp_path} holds no checkpoint; give a run dir with checkpoints/best.pt or a .pt file"
+        f"error: ckpt={tmp_path} holds no checkpoint ({tmp_path / 'checkpoints' / 'best.pt'} is missing); give a finished run dir or a .pt file"
     ]
     assert not (tmp_path / "x.npz").exists()
 
