@@ -65,7 +65,7 @@ def test_the_command_line_stops_in_one_line_before_any_work(tmp_path: Path) -> N
 
 @pytest.mark.parametrize(
     ("override", "example"),
-    [("trainer.lr=abc", "trainer.lr=0.001"), ("trainer.max_epochs=0", "trainer.max_epochs=45"), ("data.image_size=-1", "data.image_size=128")],
+    [("trainer.lr=abc", "trainer.lr=0.001"), ("trainer.max_epochs=0", "trainer.max_epochs=60"), ("data.image_size=-1", "data.image_size=128")],
 )
 def test_value_errors_suggest_the_default(override: str, example: str) -> None:
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
