@@ -37,6 +37,10 @@ class PairAugment:
       full size (1 = no zoom); a side that would exceed the image is cut to it, shrinking the area a little;
     - `aspect_max`: the crop's width/height is log-uniform in [1/aspect_max, aspect_max] (1 = square crops);
     - `rotate_degrees`: rotation uniform in [-rotate_degrees, +rotate_degrees] about the crop's centre;
+    - `crop_size`: the side, in pixels, of a random square window of the zoomed, rotated view that is returned
+      in its place (None = the whole view). Training on windows costs what training at that size costs, while
+      the model sees the full image's scale; validation and test run on whole images, which a fully
+      convolutional model takes at any size. The window's position comes from the same draws as the centre;
     - `brightness`, `contrast`, `saturation`: factors uniform in [1 - x, 1 + x] (contrast blends with each image's
       mean grey, saturation with each pixel's grey), applied in this order; `hue`: a rotation of the chroma plane
       of YIQ by up to +-hue of a full turn. Images are clamped to 0-255 once, after all four.
@@ -57,6 +61,7 @@ class PairAugment:
         contrast: float = 0.0,
         saturation: float = 0.0,
         hue: float = 0.0,
+        crop_size: int | None = None,
         name: str = "custom",
     ) -> None:
         _check("flip_prob", flip_prob, 0.0, 1.0, "the chance of a mirror per sample, e.g. augment.flip_prob=0.5")
@@ -68,6 +73,9 @@ class PairAugment:
         for key, value in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
             _check(key, value, 0.0, 1.0, f"factors are drawn in [1 - x, 1 + x], e.g. augment.{key}=0.2")
         _check("hue", hue, 0.0, 0.5, "a fraction of a full turn of hue, e.g. augment.hue=0.03")
+        if crop_size is not None and (isinstance(crop_size, bool) or not isinstance(crop_size, int) or crop_size < 1):
+            raise UserError(f"augment.crop_size={crop_size!r} is not a positive whole number of pixels; give e.g. augment.crop_size=128, or null for whole images")
+        self.crop_size = crop_size
         self.name = name
         self.flip_prob = float(flip_prob)
         self.scale_min, self.aspect_max, self.rotate_degrees = float(scale_min), float(aspect_max), float(rotate_degrees)
@@ -75,7 +83,7 @@ class PairAugment:
 
     @property
     def geometric(self) -> bool:
-        return self.scale_min < 1.0 or self.aspect_max > 1.0 or self.rotate_degrees > 0.0
+        return self.scale_min < 1.0 or self.aspect_max > 1.0 or self.rotate_degrees > 0.0 or self.crop_size is not None
 
     @property
     def colour(self) -> bool:
@@ -83,6 +91,9 @@ class PairAugment:
 
     def __call__(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n, device = len(images), images.device
+        height, width = images.shape[-2:]
+        if self.crop_size is not None and self.crop_size > min(height, width):
+            raise UserError(f"augment.crop_size={self.crop_size} is larger than the {height}x{width} training images; give at most {min(height, width)}, or null for whole images")
         flip = torch.rand(n) < self.flip_prob if self.flip_prob > 0 else None
         if not (self.geometric or self.colour):
             return (images, masks) if flip is None else _mirror(images, masks, _to_device(flip, device))
@@ -92,8 +103,9 @@ class PairAugment:
         with torch.autocast(device.type, enabled=False), torch.autocast("cpu", enabled=False):
             pixels = images.float()
             if self.geometric:
-                theta = _to_device(self._affine(uniform[:, :5], flip, *images.shape[-2:]), device)
-                grid = F.affine_grid(theta, list(pixels.shape), align_corners=False)
+                out_height, out_width = (height, width) if self.crop_size is None else (self.crop_size, self.crop_size)
+                theta = _to_device(self._affine(uniform[:, :5], flip, height, width, out_height, out_width), device)
+                grid = F.affine_grid(theta, [n, pixels.shape[1], out_height, out_width], align_corners=False)
                 pixels = F.grid_sample(pixels, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
                 sampled = F.grid_sample(masks[:, None].float(), grid, mode="nearest", padding_mode="reflection", align_corners=False)
                 masks = sampled[:, 0].to(masks.dtype)
@@ -108,15 +120,18 @@ class PairAugment:
             return pixels.round_().clamp_(0, 255).to(torch.uint8), masks
         return pixels.to(images.dtype), masks
 
-    def _affine(self, uniform: torch.Tensor, flip: torch.Tensor | None, height: int, width: int) -> torch.Tensor:
+    def _affine(
+        self, uniform: torch.Tensor, flip: torch.Tensor | None, height: int, width: int, out_height: int, out_width: int
+    ) -> torch.Tensor:
         """(N, 2, 3) matrices from output to input coordinates in affine_grid's [-1, 1] units.
 
-        The rotation is done in pixel units (x scaled by W/2, y by H/2), so that it stays a rotation on
-        non-square images."""
+        crop_w and crop_h are the fractions of the input's width and height that the output spans: the zoomed view's
+        side, times the output's share of that view (1 without crop_size). The rotation is done in pixel units
+        (x scaled by W/2, y by H/2), so that it stays a rotation on non-square images."""
         area = self.scale_min + (1.0 - self.scale_min) * uniform[:, 0]
         aspect = torch.exp(math.log(self.aspect_max) * (2 * uniform[:, 1] - 1))
-        crop_w = torch.sqrt(area * aspect).clamp(max=1.0)
-        crop_h = torch.sqrt(area / aspect).clamp(max=1.0)
+        crop_w = torch.sqrt(area * aspect).clamp(max=1.0) * (out_width / width)
+        crop_h = torch.sqrt(area / aspect).clamp(max=1.0) * (out_height / height)
         angle = math.radians(self.rotate_degrees) * (2 * uniform[:, 2] - 1)
         centre_x = (1 - crop_w) * (2 * uniform[:, 3] - 1)
         centre_y = (1 - crop_h) * (2 * uniform[:, 4] - 1)

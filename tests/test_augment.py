@@ -74,14 +74,17 @@ def test_flip_option_mirrors_the_samples_whose_draw_is_below_one_half() -> None:
         assert torch.equal(out_images[k], expected[0]) and torch.equal(out_masks[k], expected[1]), k
 
 
+@pytest.mark.parametrize("crop_size", [None, 24])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_geometry_moves_image_and_mask_together(seed: int) -> None:
-    """Wherever the warped image is an unblended class colour, the warped mask holds that class."""
+def test_geometry_moves_image_and_mask_together(seed: int, crop_size: int | None) -> None:
+    """Wherever the warped image is an unblended class colour, the warped mask holds that class, in windows too."""
     masks = blob_masks(seed=seed)
     images = painted(masks)
     torch.manual_seed(seed)
-    out_images, out_masks = PairAugment(**GEOMETRY)(images, masks)
-    assert not torch.equal(out_masks, masks)  # the geometry did change the batch
+    out_images, out_masks = PairAugment(**GEOMETRY, crop_size=crop_size)(images, masks)
+    side = (48, 40) if crop_size is None else (crop_size, crop_size)
+    assert out_images.shape == (6, 3, *side) and out_masks.shape == (6, *side)
+    assert crop_size is not None or not torch.equal(out_masks, masks)  # the geometry did change the batch
     pure, decoded = classes_of_pure_pixels(out_images)
     assert pure.float().mean() > 0.8  # most pixels are checked, not only a few
     assert torch.equal(out_masks[pure].long(), decoded[pure])
@@ -116,6 +119,38 @@ def test_zoom_and_shift_crop_the_drawn_quarter(monkeypatch: pytest.MonkeyPatch) 
     _, out_masks = PairAugment(scale_min=0.25)(painted(masks), masks)
     quarter = masks[:, :24, 20:]
     assert torch.equal(out_masks, quarter.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2))
+
+
+@pytest.mark.parametrize(("centre_x", "centre_y", "rows", "columns"), [(1.0, 0.0, slice(0, 32), slice(8, 40)), (0.0, 1.0, slice(16, 48), slice(0, 32)), (0.5, 0.5, slice(8, 40), slice(4, 36))])
+def test_crop_size_alone_returns_the_drawn_window_pixel_for_pixel(
+    monkeypatch: pytest.MonkeyPatch, centre_x: float, centre_y: float, rows: slice, columns: slice
+) -> None:
+    """No zoom or rotation: a 32-px window of the 48 x 40 batch, at the far top right, bottom left or the
+    centre by the centre draws, is the plain slice of images and masks alike (and mirrored when drawn so)."""
+    masks = blob_masks()
+    images = painted(masks)
+    fix_draws(monkeypatch, flips=1.0, uniform=[0.5, 0.5, 0.5, centre_x, centre_y, 0.5, 0.5, 0.5, 0.5])
+    out_images, out_masks = PairAugment(crop_size=32)(images, masks)
+    assert torch.equal(out_masks, masks[:, rows, columns]) and torch.equal(out_images, images[:, :, rows, columns])
+    monkeypatch.undo()
+    fix_draws(monkeypatch, flips=0.0, uniform=[0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5])
+    _, mirrored = PairAugment(flip_prob=0.5, crop_size=32)(images, masks)
+    assert torch.equal(mirrored, masks.flip(-1)[:, 8:40, 4:36])
+
+
+def test_crop_after_zoom_keeps_the_zoomed_scale(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Area 1/4 at the top right zooms the top-right quarter to 48 x 40; a 16-px window at its top right is that
+    zoomed view's top-right 16 x 16: input pixels doubled, not the quarter squeezed into 16 px."""
+    masks = blob_masks()
+    fix_draws(monkeypatch, flips=1.0, uniform=[0.0, 0.5, 0.5, 1.0, 0.0, 0.5, 0.5, 0.5, 0.5])
+    _, out_masks = PairAugment(scale_min=0.25, crop_size=16)(painted(masks), masks)
+    assert torch.equal(out_masks, masks[:, :8, 32:].repeat_interleave(2, dim=1).repeat_interleave(2, dim=2))
+
+
+def test_crop_larger_than_the_images_is_a_one_line_user_error() -> None:
+    masks = blob_masks()
+    with pytest.raises(UserError, match=r"^augment.crop_size=64 is larger than the 48x40 training images; give at most 40"):
+        PairAugment(crop_size=64)(painted(masks), masks)
 
 
 @pytest.mark.parametrize(("draw", "quarter_turns"), [(1.0, 1), (0.0, -1)])
@@ -271,6 +306,25 @@ def test_augment_group_defaults_to_strong_for_the_unet_and_is_absent_for_the_vae
 def test_each_option_builds_its_augmentation(option: str, geometric: bool, colour: bool, flip: float) -> None:
     augmenter = SegmentationTask(compose_config(f"augment={option}")).augmenter
     assert (augmenter.geometric, augmenter.colour, augmenter.flip_prob) == (geometric, colour, flip)
+
+
+def test_training_on_windows_scores_the_window_and_validation_whole_images() -> None:
+    """augment.crop_size=16 on 32-px images: the loss is the criterion on the model's 16 x 16 logits of the window
+    that the same draws cut (windows themselves: the pixel-for-pixel tests above); whole images still go through."""
+    tiny = ("model.width=4", "model.depth=2", "data.image_size=32", "augment=flip", "augment.flip_prob=0.0")
+    task = SegmentationTask(compose_config(*tiny, "augment.crop_size=16"))
+    torch.manual_seed(0)
+    model = task.build_model().eval()
+    masks = blob_masks(n=4, height=32, width=32)
+    images = painted(masks)
+    with torch.no_grad():
+        torch.manual_seed(5)
+        loss = task.training_loss(model, images, masks)
+        torch.manual_seed(5)
+        window_images, window_masks = task.augmenter(images, masks)
+        assert window_masks.shape == (4, 16, 16)
+        assert torch.equal(loss, task.criterion(model(task.normalize(window_images)), window_masks))
+        assert model(task.normalize(images)).shape == (4, 3, 32, 32)
 
 
 def test_training_loss_sees_the_augmented_batch() -> None:

@@ -161,6 +161,10 @@ def test_valid_configs_pass_validation() -> None:
         (["eval.weights=middle"], "eval.weights", "middle"),
         (["data.limit_train=0"], "data.limit_train", "0"),
         (["model.width=2.5"], "model.width", "2.5"),
+        (["augment.crop_size=100"], "augment.crop_size", "100"),
+        (["augment.crop_size=256"], "augment.crop_size", "256"),
+        (["augment.crop_size=0"], "augment.crop_size", "0"),
+        (["augment.crop_size=96.5"], "augment.crop_size", "96.5"),
     ],
 )
 def test_bad_values_raise_user_error_naming_key_and_value(overrides: list[str], key: str, value: str) -> None:
@@ -178,6 +182,16 @@ def test_image_size_error_suggests_a_size_that_validates() -> None:
     suggested = str(info.value).split("use data.image_size=")[1].split()[0]
     assert int(suggested) % 16 == 0
     validate(compose_config(f"data.image_size={suggested}", "model.depth=4"))
+
+
+@pytest.mark.parametrize("crop", [100, 256])
+def test_crop_size_error_suggests_a_size_that_validates(crop: int) -> None:
+    """Not a multiple of 2**depth (100) or larger than the 128-px images (256): the suggested window passes."""
+    with pytest.raises(UserError) as info:
+        validate(compose_config(f"augment.crop_size={crop}"))
+    suggested = int(str(info.value).split("use augment.crop_size=")[1].split(",")[0])
+    assert suggested % 16 == 0 and suggested <= 128
+    validate(compose_config(f"augment.crop_size={suggested}"))
 
 
 def test_loss_lovasz_ce_builds_the_weighted_lovasz_plus_cross_entropy() -> None:

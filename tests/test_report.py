@@ -431,11 +431,23 @@ def test_settings_line_lists_every_limit_in_force(sweep: Path) -> None:
     for config_file in sweep.glob("*/.hydra/config.yaml"):
         config = OmegaConf.load(config_file)
         config.data.limit_train, config.data.limit_val, config.data.limit_test = 60, 12, 30
-        config.augment = {"name": "strong"}
+        config.augment = {"name": "strong", "crop_size": None}
         OmegaConf.save(config, config_file)
     report(sweep)
     md = (sweep / "report.md").read_text()
     assert "limit train 60 · limit val 12 · limit test 30 · augment strong" in md
+    assert "train crop" not in md  # whole images: nothing to say
+
+
+def test_settings_line_names_the_training_window(sweep: Path) -> None:
+    from omegaconf import OmegaConf
+
+    for config_file in sweep.glob("*/.hydra/config.yaml"):
+        config = OmegaConf.load(config_file)
+        config.augment = {"name": "strong", "crop_size": 96}
+        OmegaConf.save(config, config_file)
+    report(sweep)
+    assert "augment strong · train crop 96" in (sweep / "report.md").read_text()
 
 
 def test_pictures_show_the_shared_columns_once_then_each_combo(sweep: Path) -> None:

@@ -30,6 +30,7 @@ SETTINGS = (
     ("limit val", "data.limit_val"),
     ("limit test", "data.limit_test"),
     ("augment", "augment.name"),
+    ("train crop", "augment.crop_size"),
 )
 
 
