@@ -25,7 +25,7 @@ from s18exp.data.pets import IMAGENET_MEAN, IMAGENET_STD, PetsData
 from s18exp.errors import UserError
 from s18exp.runtime import Runtime
 from s18exp.paths import CONFIG_DIR
-from s18exp.tasks.segmentation import SegmentationTask, view_size
+from s18exp.tasks.segmentation import SegmentationTask, tta_scales, view_size
 
 SIZE = 32
 CPU = Runtime(torch.device("cpu"), "fp32", channels_last=False)
@@ -162,6 +162,14 @@ def test_eval_tta_scales_are_validated_in_one_line(value: str) -> None:
     with pytest.raises(UserError) as info:
         SegmentationTask(compose_config(f"eval.tta_scales={value}"))
     assert str(info.value).startswith("eval.tta_scales=") and str(info.value).endswith("must list distinct positive resize factors; e.g. eval.tta_scales=[0.75,1,1.25]")
+
+
+@pytest.mark.parametrize("text", ["0.75,1,1.25", "[0.75,1,1.25]", " [0.75, 1, 1.25] "])
+def test_tta_scales_from_a_command_line_take_the_bracketed_form_of_the_error_example_too(text: str) -> None:
+    """score= and predict= get tta_scales as a string; the error message's example, bracketed, must parse."""
+    assert tta_scales(text, "tta_scales") == (0.75, 1.0, 1.25)
+    with pytest.raises(UserError, match=r"e\.g\. tta_scales=\[0\.75,1,1\.25\]$"):
+        tta_scales(text.replace("1.25", "0.75"), "tta_scales")
 
 
 def test_eval_tta_defaults_to_flip_and_is_validated() -> None:

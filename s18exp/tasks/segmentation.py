@@ -44,9 +44,13 @@ def tta_mode(value: object, key: str = "eval.tta") -> str:
 
 
 def tta_scales(value: object, key: str = "eval.tta_scales") -> tuple[float, ...]:
-    """`value` (a list, or a comma-separated string from a command line) as positive, distinct scale factors,
-    else a UserError naming `key`."""
-    items = value.split(",") if isinstance(value, str) else value
+    """`value` (a list, or a comma-separated string from a command line, bracketed as Hydra writes lists or not)
+    as positive, distinct scale factors, else a UserError naming `key`."""
+    if isinstance(value, str):
+        text = value.strip()
+        items: object = (text[1:-1] if text.startswith("[") and text.endswith("]") else text).split(",")
+    else:
+        items = value
     try:
         scales = tuple(float(item) for item in items)  # type: ignore[union-attr]
     except (TypeError, ValueError):
