@@ -73,8 +73,7 @@ class PairAugment:
         for key, value in (("brightness", brightness), ("contrast", contrast), ("saturation", saturation)):
             _check(key, value, 0.0, 1.0, f"factors are drawn in [1 - x, 1 + x], e.g. augment.{key}=0.2")
         _check("hue", hue, 0.0, 0.5, "a fraction of a full turn of hue, e.g. augment.hue=0.03")
-        if crop_size is not None and (isinstance(crop_size, bool) or not isinstance(crop_size, int) or crop_size < 1):
-            raise UserError(f"augment.crop_size={crop_size!r} is not a positive whole number of pixels; give e.g. augment.crop_size=128, or null for whole images")
+        check_crop_size(crop_size)
         self.crop_size = crop_size
         self.name = name
         self.flip_prob = float(flip_prob)
@@ -162,6 +161,12 @@ class PairAugment:
         matrix = (contrast * brightness).view(-1, 1, 1) * (hue @ saturate)
         mean_weights = ((1 - contrast) * brightness).view(-1, 1) * grey
         return matrix, mean_weights
+
+
+def check_crop_size(value: object) -> None:
+    """A UserError unless `value` (augment.crop_size) is None or a positive whole number of pixels."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise UserError(f"augment.crop_size={value!r} is not a positive whole number of pixels; e.g. augment.crop_size=128, or null for whole images")
 
 
 def _mirror(images: torch.Tensor, masks: torch.Tensor, flip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,6 +7,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from s18exp.augment import check_crop_size
 from s18exp.errors import UserError
 from s18exp.lr_find.range_test import RULES
 from s18exp.paths import CONFIG_DIR
@@ -108,14 +109,12 @@ def validate(cfg: DictConfig, lr_find: bool = False) -> None:
                 f"use data.image_size={fit} or a smaller model.depth"
             )
         crop = OmegaConf.select(cfg, "augment.crop_size")
-        if crop is not None:
-            if isinstance(crop, bool) or not isinstance(crop, int) or crop < 1:
-                raise UserError(f"augment.crop_size={crop!r} is not a positive whole number of pixels; e.g. augment.crop_size=128, or null for whole images")
-            if crop % step or crop > cfg.data.image_size:
-                fit = min(cfg.data.image_size, max(step, round(crop / step) * step))
-                raise UserError(
-                    f"augment.crop_size={crop} must divide by 2**model.depth={step} and be at most "
-                    f"data.image_size={cfg.data.image_size}; use augment.crop_size={fit}, or null for whole images"
-                )
+        check_crop_size(crop)
+        if crop is not None and (crop % step or crop > cfg.data.image_size):
+            fit = min(cfg.data.image_size, max(step, round(crop / step) * step))
+            raise UserError(
+                f"augment.crop_size={crop} must divide by 2**model.depth={step} and be at most "
+                f"data.image_size={cfg.data.image_size}; use augment.crop_size={fit}, or null for whole images"
+            )
     if lr_find and cfg.trainer.get("lr_find") is None:
         raise UserError("the config has no trainer.lr_find settings; restore them in conf/trainer/default.yaml")

@@ -308,9 +308,9 @@ def test_each_option_builds_its_augmentation(option: str, geometric: bool, colou
     assert (augmenter.geometric, augmenter.colour, augmenter.flip_prob) == (geometric, colour, flip)
 
 
-def test_training_on_windows_scores_the_window_and_validation_whole_images() -> None:
+def test_training_loss_on_windows_is_the_criterion_on_the_drawn_window() -> None:
     """augment.crop_size=16 on 32-px images: the loss is the criterion on the model's 16 x 16 logits of the window
-    that the same draws cut (windows themselves: the pixel-for-pixel tests above); whole images still go through."""
+    that the same draws cut (windows themselves: the pixel-for-pixel tests above); the model still takes whole images."""
     tiny = ("model.width=4", "model.depth=2", "data.image_size=32", "augment=flip", "augment.flip_prob=0.0")
     task = SegmentationTask(compose_config(*tiny, "augment.crop_size=16"))
     torch.manual_seed(0)
