@@ -54,6 +54,14 @@ def _positive(cfg: DictConfig, key: str, kind: type = int, allow_none: bool = Fa
         raise UserError(f"{key}={value} must be positive; e.g. {_example(key, kind)}")
 
 
+def _ema_decay(cfg: DictConfig) -> None:
+    value = cfg.trainer.get("ema_decay")
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise UserError(f"trainer.ema_decay={value!r} must be a number between 0 and 1, or null for none; e.g. trainer.ema_decay=0.998")
+
+
 def _choice(value: object, key: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise UserError(f"{key}={value!r} is not one of {'|'.join(choices)}; e.g. {key}={choices[0]}")
@@ -92,6 +100,7 @@ def validate(cfg: DictConfig, lr_find: bool = False) -> None:
         _positive(cfg, "trainer.lr", float)
     _lr_find_settings(cfg)
     _positive(cfg, "trainer.grad_clip", float, allow_none=True)
+    _ema_decay(cfg)
     _positive(cfg, "data.image_size")
     for split in ("train", "val", "test"):
         _positive(cfg, f"data.limit_{split}", allow_none=True)

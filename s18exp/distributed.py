@@ -78,6 +78,18 @@ def broadcast_object(value: object, dist: Dist) -> object:
     return box[0]
 
 
+def broadcast_from_main(tensors: list[torch.Tensor], dist: Dist) -> None:
+    """Overwrite each tensor in place with rank 0's (nothing when single-process)."""
+    if not dist.enabled:
+        return
+    nccl = torch_dist.get_backend() == "nccl"
+    for tensor in tensors:
+        work = tensor.to(f"cuda:{torch.cuda.current_device()}") if nccl else tensor
+        torch_dist.broadcast(work, src=0)
+        if work is not tensor:
+            tensor.copy_(work)
+
+
 def barrier(dist: Dist) -> None:
     if dist.enabled:
         torch_dist.barrier()

@@ -10,6 +10,10 @@ epoch and raises `Interrupted`; a non-finite loss is skipped up to `trainer.skip
 raises `NonFiniteLoss` naming the epoch and step, leaving the last good checkpoints as they were.
 A resumed run restores weights, optimiser, scheduler, scaler, RNG states and the position, and the
 data order of an epoch depends only on (seed, epoch), so it continues exactly where it stopped.
+
+With `trainer.ema_decay` set, an exponential moving average of the weights (and of the BatchNorm statistics)
+follows every update; validation scores the averaged weights, and checkpoints hold them as `model`, the
+weights that test, predict and score load, with the trained weights beside them for resuming.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from s18exp.runtime import Runtime, all_rng_states, set_rng_state, unwrap
 from s18exp.stopping import Interrupted, StopRequest
 from s18exp.tracking import Tracker
 from s18exp.updates import optimizer_step
+from s18exp.weight_average import WeightAverage
 
 
 class NonFiniteLoss(TrainingError):
@@ -81,11 +86,13 @@ class TrainState:
 
 @dataclass
 class Updates:
-    """What updates the weights: the optimiser, its lr schedule (None for a constant lr) and the fp16 scaler."""
+    """What updates the weights: the optimiser, its lr schedule (None for a constant lr), the fp16 scaler and
+    the moving average of the weights (None without `trainer.ema_decay`)."""
 
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: torch.amp.GradScaler
+    average: WeightAverage | None
 
 
 class TrainedEpoch(NamedTuple):
@@ -112,17 +119,21 @@ def fit(
     """Train until `trainer.max_epochs` epochs are complete, from `resume` (a last.pt) when given.
 
     `model` is the plain module (or its DDP wrapper); with `trainer.compile` the steps and evaluations run
-    through torch.compile's wrapper of it, and checkpoints hold the plain module's state_dict.
+    through torch.compile's wrapper of it (of the averaged copy, with `trainer.ema_decay`), and checkpoints hold
+    the plain module's state_dict.
     """
     step_model = compiled(model, trainer)
     updates = build_updates(model, trainer, len(train), runtime)
+    val_model = step_model if updates.average is None else compiled(updates.average.module, trainer)
     state = restore(resume, model, updates, runtime.dist) if resume is not None else TrainState()
     checkpoints = Checkpoints(run_dir / "checkpoints", model, updates, state, runtime.dist, checkpoint_extra)
     stop = stop or StopRequest()
 
     for epoch in range(state.epochs_completed + 1, trainer.max_epochs + 1):
         trained = train_epoch(epoch, model, step_model, task, train, trainer, runtime, updates, state, checkpoints, stop)
-        val_scores = task.evaluate(step_model, val, runtime)
+        if updates.average is not None:
+            updates.average.agree_across_ranks(runtime.dist)
+        val_scores = task.evaluate(val_model, val, runtime)
         record = {
             "epoch": epoch,
             "train/loss": trained.loss,
@@ -197,7 +208,9 @@ def train_epoch(
                     raise non_finite_loss(loss.item(), epoch, step, state, trainer.skip_nonfinite)
                 console.warn(f"skipped a batch with a non-finite loss at epoch {epoch}, step {step + 1}")
             else:
-                optimizer_step(model, loss, updates.optimizer, updates.scaler, updates.scheduler, trainer.grad_clip)
+                updated = optimizer_step(model, loss, updates.optimizer, updates.scaler, updates.scheduler, trainer.grad_clip)
+                if updated and updates.average is not None:
+                    updates.average.update(unwrap(model))
                 loss_sum += loss.detach() * len(images)
                 seen += len(images)
             # Reading the loss syncs with the device, so the display refreshes it at most once a second.
@@ -238,18 +251,25 @@ def compiled(model: nn.Module, trainer: DictConfig) -> nn.Module:
 
 
 def build_updates(model: nn.Module, trainer: DictConfig, steps_per_epoch: int, runtime: Runtime) -> Updates:
-    """The optimiser and schedule of `trainer.optimizer` and `trainer.scheduler`, and a scaler active under fp16."""
+    """The optimiser and schedule of `trainer.optimizer` and `trainer.scheduler`, a scaler active under fp16,
+    and with `trainer.ema_decay` the moving average, which starts as a copy of the weights at the first update."""
     optimizer = instantiate(trainer.optimizer, params=model.parameters())
     scheduler = None
     if trainer.scheduler is not None:
         scheduler = instantiate(trainer.scheduler, optimizer=optimizer, total_steps=trainer.max_epochs * steps_per_epoch)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision == "fp16")
-    return Updates(optimizer, scheduler, scaler)
+    average = None
+    if trainer.get("ema_decay") is not None:
+        average = WeightAverage(unwrap(model), trainer.ema_decay)
+    return Updates(optimizer, scheduler, scaler, average)
 
 
 def restore(resume: dict[str, Any], model: nn.Module, updates: Updates, dist: Dist) -> TrainState:
     """Weights, update state and this rank's RNG states from a last.pt; returns its progress."""
-    unwrap(model).load_state_dict(resume["model"])
+    unwrap(model).load_state_dict(resume.get("trained_model", resume["model"]))
+    if updates.average is not None:
+        updates.average.module.load_state_dict(resume["model"])
+        updates.average.updates = resume["average_updates"]
     updates.optimizer.load_state_dict(resume["optimizer"])
     if updates.scheduler is not None:
         updates.scheduler.load_state_dict(resume["scheduler"])
@@ -260,8 +280,9 @@ def restore(resume: dict[str, Any], model: nn.Module, updates: Updates, dist: Di
 
 @dataclass
 class Checkpoints:
-    """Writes the checkpoints of a run: the plain module's weights, the update state, the progress, every
-    rank's RNG states and `extra` (config, class names, W&B id)."""
+    """Writes the checkpoints of a run: the plain module's weights (the averaged ones as `model` with
+    `trainer.ema_decay`), the update state, the progress, every rank's RNG states and `extra` (config, class
+    names, W&B id)."""
 
     folder: Path
     model: nn.Module
@@ -276,8 +297,11 @@ class Checkpoints:
         rngs = all_rng_states(self.dist)
         if not self.dist.is_main:
             return
+        trained = unwrap(self.model).state_dict()
+        average = self.updates.average
         snapshot = {
-            "model": unwrap(self.model).state_dict(),
+            "model": trained if average is None else average.module.state_dict(),
+            **({} if average is None else {"trained_model": trained, "average_updates": average.updates}),
             "optimizer": self.updates.optimizer.state_dict(),
             "scheduler": self.updates.scheduler.state_dict() if self.updates.scheduler is not None else None,
             "scaler": self.updates.scaler.state_dict(),

@@ -116,17 +116,23 @@ def find_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
 
 
 def check_resumable(checkpoint: dict[str, Any], cfg: DictConfig, model: torch.nn.Module, world_size: int, path: Path) -> None:
-    """A resume must continue the same training: the keys that fix the step schedule, the number of ranks
-    (the data order and the RNG states are per rank) and the model's parameter names and shapes."""
-    missing = [key for key in ("optimizer", "scaler", "train_state", "rng") if key not in checkpoint]
+    """A resume must continue the same training: the keys that fix the step schedule and the weight average,
+    the number of ranks (the data order and the RNG states are per rank) and the model's parameter names and
+    shapes."""
+    saved = OmegaConf.create(checkpoint["config"])
+    averaged = OmegaConf.select(saved, "trainer.ema_decay") is not None
+    needed = ("optimizer", "scaler", "train_state", "rng") + (("trained_model", "average_updates") if averaged else ())
+    missing = [key for key in needed if key not in checkpoint]
     if missing:
         raise UserError(f"{path} holds weights but no training state ({', '.join(missing)}); resume from a last.pt or best.pt that a run wrote")
-    saved = checkpoint["config"]
-    keys = ["trainer.batch_size", "data.limit_train"] + (["trainer.max_epochs"] if cfg.trainer.scheduler is not None else [])
+    keys = ["trainer.batch_size", "trainer.ema_decay", "data.limit_train"] + (["trainer.max_epochs"] if cfg.trainer.scheduler is not None else [])
     for key in keys:
-        before, now = OmegaConf.select(OmegaConf.create(saved), key), OmegaConf.select(cfg, key)
+        before, now = OmegaConf.select(saved, key), OmegaConf.select(cfg, key)
         if before != now:
-            raise UserError(f"{key}={now} differs from {before} in {path}; resume with {key}={before} or trainer.resume=never")
+            raise UserError(
+                f"{key}={as_override(now)} differs from {as_override(before)} in {path}; "
+                f"resume with {key}={as_override(before)} or trainer.resume=never"
+            )
     saved_ranks = len(checkpoint["rng"])
     if saved_ranks != world_size:
         raise UserError(
@@ -143,6 +149,11 @@ def check_resumable(checkpoint: dict[str, Any], cfg: DictConfig, model: torch.nn
             f"the model differs from the one in {path} ({len(changed)} parameter(s) differ; {detail}); "
             "resume with the model settings of that run or trainer.resume=never"
         )
+
+
+def as_override(value: object) -> str:
+    """A config value as a command line writes it (None is null there)."""
+    return "null" if value is None else str(value)
 
 
 def adopt_history(resume_path: Path, run_dir: Path) -> None:

@@ -13,8 +13,9 @@ from torch import nn
 def optimizer_step(
     model: nn.Module, loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
     scheduler: Any, grad_clip: float | None,
-) -> None:
-    """The backward pass and update of one batch (the scaler scales only under fp16)."""
+) -> bool:
+    """The backward pass and update of one batch (the scaler scales only under fp16); False when the fp16
+    scaler skipped the update."""
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if grad_clip is not None:
@@ -28,3 +29,4 @@ def optimizer_step(
     skipped = scaler.is_enabled() and scaler.get_scale() < scale
     if scheduler is not None and not skipped:
         scheduler.step()
+    return not skipped

@@ -241,6 +241,27 @@ def test_resume_refuses_a_changed_world_size_or_model_shape() -> None:
         check_resumable(checkpoint, deeper, SegmentationTask(deeper).build_model(), 1, Path("last.pt"))
 
 
+def test_resume_refuses_a_changed_weight_average() -> None:
+    saved_cfg = compose_config("trainer.ema_decay=0.99")
+    model = SegmentationTask(saved_cfg).build_model()
+    training_state = dict(optimizer={}, scaler={}, train_state={}, rng=[{}])
+    checkpoint = plain_checkpoint(saved_cfg, **training_state)
+    with pytest.raises(UserError, match=r"last.pt holds weights but no training state \(trained_model, average_updates\)"):
+        check_resumable(checkpoint, saved_cfg, model, 1, Path("last.pt"))
+    checkpoint.update(trained_model=checkpoint["model"], average_updates=3)
+    check_resumable(checkpoint, saved_cfg, model, 1, Path("last.pt"))
+    with pytest.raises(UserError, match=r"trainer.ema_decay=0.9 differs from 0.99 in last.pt; resume with trainer.ema_decay=0.99 or"):
+        check_resumable(checkpoint, compose_config("trainer.ema_decay=0.9"), model, 1, Path("last.pt"))
+    with pytest.raises(UserError, match=r"trainer.ema_decay=null differs from 0.99 in last.pt; resume with trainer.ema_decay=0.99 or"):
+        check_resumable(checkpoint, compose_config(), model, 1, Path("last.pt"))
+    # The other way round, the fix the message suggests must be a value the command line takes.
+    plain = plain_checkpoint(compose_config(), **training_state)
+    with pytest.raises(UserError, match=r"trainer.ema_decay=0.99 differs from null in last.pt; resume with trainer.ema_decay=null or") as info:
+        check_resumable(plain, saved_cfg, model, 1, Path("last.pt"))
+    suggested = str(info.value).split("resume with ")[1].split()[0]
+    check_resumable(plain, compose_config(suggested), model, 1, Path("last.pt"))
+
+
 @pytest.mark.slow
 def test_resume_with_a_wider_model_is_one_line_before_training(tiny_pets: TinyPets, tmp_path: Path) -> None:
     first = tmp_path / "first"

@@ -450,6 +450,25 @@ def test_settings_line_names_the_training_window(sweep: Path) -> None:
     assert "augment strong · train crop 96" in (sweep / "report.md").read_text()
 
 
+def test_settings_line_names_the_weight_average(sweep: Path) -> None:
+    from omegaconf import OmegaConf
+
+    report(sweep)
+    assert "weight EMA" not in (sweep / "report.md").read_text()
+    for config_file in sweep.glob("*/.hydra/config.yaml"):
+        config = OmegaConf.load(config_file)
+        config.trainer.ema_decay = 0.998
+        OmegaConf.save(config, config_file)
+    report(sweep)
+    assert "weight EMA 0.998" in (sweep / "report.md").read_text()
+    config_file = next(sweep.glob("*/.hydra/config.yaml"))
+    config = OmegaConf.load(config_file)
+    config.trainer.ema_decay = None
+    OmegaConf.save(config, config_file)
+    report(sweep)
+    assert "weight EMA mixed (0.998, off)" in (sweep / "report.md").read_text()
+
+
 def test_pictures_show_the_shared_columns_once_then_each_combo(sweep: Path) -> None:
     report(sweep)
     with Image.open(sweep / "report-unet-pictures.png") as picture:

@@ -31,6 +31,7 @@ SETTINGS = (
     ("limit test", "data.limit_test"),
     ("augment", "augment.name"),
     ("train crop", "augment.crop_size"),
+    ("weight EMA", "trainer.ema_decay"),
 )
 
 
@@ -155,7 +156,9 @@ def _settings(runs: list[Run]) -> dict[str, str]:
     settings: dict[str, str] = {}
     for label, key in SETTINGS:
         values = Counter(str(config_value(r.config, key)) for r in runs if r.config is not None)
-        values.pop("None", None)
+        unset = values.pop("None", 0)
+        if values and unset:  # some runs use the setting and some do not
+            values["off"] = unset
         if values:
             settings[label] = next(iter(values)) if len(values) == 1 else "mixed (" + ", ".join(sorted(values)) + ")"
     return settings
