@@ -14,6 +14,7 @@ from torch import nn
 
 Downsample = Callable[[int], nn.Module]
 Upsample = Callable[[int, int], nn.Module]
+ConvBlock = Callable[[int, int], nn.Module]
 
 
 class DoubleConv(nn.Sequential):
@@ -28,6 +29,32 @@ class DoubleConv(nn.Sequential):
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
         )
+
+
+class ResidualDoubleConv(nn.Module):
+    """DoubleConv's two 3x3 convolutions with a shortcut around them, as in a ResNet basic block: the input
+    (through a 1x1 convolution and BatchNorm when the channel count changes) is added before the last ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
+        )
+        self.shortcut: nn.Module = nn.Identity()
+        if in_channels != out_channels:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.relu(self.body(x) + self.shortcut(x))
+
+
+# The convolution blocks that `model.block` names.
+CONV_BLOCKS: dict[str, ConvBlock] = {"double": DoubleConv, "residual": ResidualDoubleConv}
 
 
 class MaxPoolDownsample(nn.MaxPool2d):
@@ -68,19 +95,20 @@ class InterpolateUpsample(nn.Sequential):
 
 
 class Down(nn.Sequential):
-    """One encoder step: the configured downsample, then a DoubleConv to `out_channels`."""
+    """One encoder step: the configured downsample, then a DoubleConv (or `conv_block`) to `out_channels`."""
 
-    def __init__(self, in_channels: int, out_channels: int, downsample: Downsample) -> None:
-        super().__init__(downsample(in_channels), DoubleConv(in_channels, out_channels))
+    def __init__(self, in_channels: int, out_channels: int, downsample: Downsample, conv_block: ConvBlock = DoubleConv) -> None:
+        super().__init__(downsample(in_channels), conv_block(in_channels, out_channels))
 
 
 class Up(nn.Module):
-    """One decoder step of a UNet: the configured upsample, concatenation with the skip, DoubleConv."""
+    """One decoder step of a UNet: the configured upsample, concatenation with the skip, DoubleConv (or
+    `conv_block`)."""
 
-    def __init__(self, in_channels: int, out_channels: int, upsample: Upsample) -> None:
+    def __init__(self, in_channels: int, out_channels: int, upsample: Upsample, conv_block: ConvBlock = DoubleConv) -> None:
         super().__init__()
         self.upsample = upsample(in_channels, in_channels // 2)
-        self.conv = DoubleConv(in_channels // 2 + out_channels, out_channels)
+        self.conv = conv_block(in_channels // 2 + out_channels, out_channels)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         return self.conv(torch.cat([skip, self.upsample(x)], dim=1))

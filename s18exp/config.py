@@ -8,6 +8,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from s18exp.augment import check_crop_size
+from s18exp.blocks import CONV_BLOCKS
 from s18exp.errors import UserError
 from s18exp.lr_find.range_test import RULES
 from s18exp.paths import CONFIG_DIR
@@ -110,6 +111,8 @@ def validate(cfg: DictConfig, lr_find: bool = False) -> None:
     if "depth" in cfg.model:
         _positive(cfg, "model.depth")
         _positive(cfg, "model.width")
+        if "block" in cfg.model:
+            _choice(cfg.model.block, "model.block", tuple(CONV_BLOCKS))
         step = 2**cfg.model.depth
         if cfg.data.image_size % step:
             fit = max(step, round(cfg.data.image_size / step) * step)

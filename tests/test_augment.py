@@ -310,7 +310,7 @@ def test_each_option_builds_its_augmentation(option: str, geometric: bool, colou
 
 def test_training_loss_on_windows_is_the_criterion_on_the_drawn_window() -> None:
     """augment.crop_size=16 on 32-px images: the loss is the criterion on the model's 16 x 16 logits of the window
-    that the same draws cut (windows themselves: the pixel-for-pixel tests above); the model still takes whole images."""
+    that the same draws cut (windows themselves: the pixel-for-pixel tests above), not the whole image's loss."""
     tiny = ("model.width=4", "model.depth=2", "data.image_size=32", "augment=flip", "augment.flip_prob=0.0")
     task = SegmentationTask(compose_config(*tiny, "augment.crop_size=16"))
     torch.manual_seed(0)
@@ -324,7 +324,7 @@ def test_training_loss_on_windows_is_the_criterion_on_the_drawn_window() -> None
         window_images, window_masks = task.augmenter(images, masks)
         assert window_masks.shape == (4, 16, 16)
         assert torch.equal(loss, task.criterion(model(task.normalize(window_images)), window_masks))
-        assert model(task.normalize(images)).shape == (4, 3, 32, 32)
+        assert not torch.equal(loss, task.criterion(model(task.normalize(images)), masks))
 
 
 def test_training_loss_sees_the_augmented_batch() -> None:

@@ -146,7 +146,7 @@ def test_valid_configs_pass_validation() -> None:
     validate(compose_config())
     validate(compose_config("data.image_size=32", "model.depth=2", "trainer.precision=fp32", "wandb.mode=offline"))
     validate(compose_config("data.image_size=48", "model.depth=4", "trainer.lr=1e-5", "trainer.grad_clip=1.0"))
-    validate(compose_config("trainer.ema_decay=0.998"))
+    validate(compose_config("trainer.ema_decay=0.998", "model.block=residual"))
 
 
 @pytest.mark.parametrize(
@@ -173,6 +173,7 @@ def test_valid_configs_pass_validation() -> None:
         (["trainer.ema_decay=-0.5"], "trainer.ema_decay", "-0.5"),
         (["trainer.ema_decay=true"], "trainer.ema_decay", "True"),
         (["trainer.ema_decay=fast"], "trainer.ema_decay", "fast"),
+        (["model.block=dense"], "model.block", "dense"),
     ],
 )
 def test_bad_values_raise_user_error_naming_key_and_value(overrides: list[str], key: str, value: str) -> None:

@@ -11,8 +11,10 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from s18exp.blocks import (
+    DoubleConv,
     InterpolateUpsample,
     MaxPoolDownsample,
+    ResidualDoubleConv,
     StridedConvDownsample,
     TransposeUpsample,
 )
@@ -63,6 +65,32 @@ def test_unet_levels_double_the_channels() -> None:
 def test_unet_takes_num_classes_and_in_channels() -> None:
     model = UNet(5, MaxPoolDownsample, TransposeUpsample, in_channels=1, width=4, depth=2)
     assert model(torch.randn(1, 1, 16, 16)).shape == (1, 5, 16, 16)
+
+
+def test_residual_block_adds_its_input_or_a_projection_of_it() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 8, 12, 12)
+    same = ResidualDoubleConv(8, 8).eval()
+    assert isinstance(same.shortcut, nn.Identity)
+    with torch.no_grad():
+        assert torch.allclose(same(x), torch.relu(same.body(x) + x))
+        wider = ResidualDoubleConv(8, 16).eval()
+        conv, norm = wider.shortcut
+        projected = norm(nn.functional.conv2d(x, conv.weight))
+        assert torch.allclose(wider(x), torch.relu(wider.body(x) + projected))
+    assert conv.kernel_size == (1, 1) and wider(x).shape == (2, 16, 12, 12)
+    # Without the shortcut, the body is DoubleConv's convolutions and norms, layer for layer.
+    plain = DoubleConv(8, 16)
+    assert [type(m) for m in wider.body] == [type(m) for m in plain][:-1]
+
+
+@pytest.mark.parametrize(("block", "kind"), [("double", DoubleConv), ("residual", ResidualDoubleConv)])
+def test_unet_block_option_builds_every_level_from_that_block(block: str, kind: type) -> None:
+    model = UNet(3, MaxPoolDownsample, TransposeUpsample, width=4, depth=3, block=block)
+    levels = [model.stem, *(down[1] for down in model.downs), *(up.conv for up in model.ups)]
+    assert all(type(level) is kind for level in levels)
+    assert sum(isinstance(m, (DoubleConv, ResidualDoubleConv)) for m in model.modules()) == 1 + 3 + 3
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3, 32, 32)
 
 
 def param_shapes(model: nn.Module) -> dict[str, torch.Size]:

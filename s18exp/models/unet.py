@@ -5,13 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from s18exp.blocks import DoubleConv, Down, Downsample, Up, Upsample
+from s18exp.blocks import CONV_BLOCKS, Down, Downsample, Up, Upsample
 
 
 class UNet(nn.Module):
     """`depth` down steps from `width` channels, a bottleneck, and a symmetric up path with skips.
 
-    Level i has `width * 2**i` channels; the bottleneck is the DoubleConv of the last down step.
+    Level i has `width * 2**i` channels; the bottleneck is the convolution block of the last down step.
+    `block` names the convolution block of every level (`CONV_BLOCKS`): `double`, two 3x3 convolutions as
+    in the original UNet, or `residual`, the same with a shortcut around them.
     Returns logits of shape (N, num_classes, H, W) for inputs whose H and W divide by 2**depth.
     """
 
@@ -23,14 +25,16 @@ class UNet(nn.Module):
         in_channels: int = 3,
         width: int = 32,
         depth: int = 4,
+        block: str = "double",
     ) -> None:
         super().__init__()
+        conv_block = CONV_BLOCKS[block]
         channels = [width * 2**level for level in range(depth + 1)]
         self.depth = depth
-        self.stem = DoubleConv(in_channels, width)
-        self.downs = nn.ModuleList(Down(c_in, c_out, downsample) for c_in, c_out in zip(channels, channels[1:]))
+        self.stem = conv_block(in_channels, width)
+        self.downs = nn.ModuleList(Down(c_in, c_out, downsample, conv_block) for c_in, c_out in zip(channels, channels[1:]))
         self.ups = nn.ModuleList(
-            Up(c_in, c_out, upsample) for c_in, c_out in zip(channels[:0:-1], channels[-2::-1])
+            Up(c_in, c_out, upsample, conv_block) for c_in, c_out in zip(channels[:0:-1], channels[-2::-1])
         )
         self.head = nn.Conv2d(width, num_classes, kernel_size=1)
 
