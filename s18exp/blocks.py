@@ -1,8 +1,9 @@
 """The building blocks that both models are assembled from.
 
 The `encoder` config group picks a *downsample* block and the `decoder` group an *upsample* block;
-everything around them (the DoubleConv after each, the skip connections) is the same for every
-variant, so that a comparison between variants measures only the block that changed.
+everything around them (the convolution block after each, which `model.block` picks, and the skip
+connections) is the same for every variant, so that a comparison between variants measures only the block
+that changed.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ class DoubleConv(nn.Sequential):
 
 class ResidualDoubleConv(nn.Module):
     """DoubleConv's two 3x3 convolutions with a shortcut around them, as in a ResNet basic block: the input
-    (through a 1x1 convolution and BatchNorm when the channel count changes) is added before the last ReLU."""
+    (through a 1x1 convolution and BatchNorm when the channel count changes, which in the UNet is at every
+    level) is added before the last ReLU."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
@@ -102,10 +104,9 @@ class Down(nn.Sequential):
 
 
 class Up(nn.Module):
-    """One decoder step of a UNet: the configured upsample, concatenation with the skip, DoubleConv (or
-    `conv_block`)."""
+    """One decoder step of a UNet: the configured upsample, concatenation with the skip, `conv_block`."""
 
-    def __init__(self, in_channels: int, out_channels: int, upsample: Upsample, conv_block: ConvBlock = DoubleConv) -> None:
+    def __init__(self, in_channels: int, out_channels: int, upsample: Upsample, conv_block: ConvBlock) -> None:
         super().__init__()
         self.upsample = upsample(in_channels, in_channels // 2)
         self.conv = conv_block(in_channels // 2 + out_channels, out_channels)

@@ -204,6 +204,19 @@ def test_load_checkpoint_builds_the_task_and_model_on_the_device(tmp_path: Path)
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state["model"].items())
 
 
+def test_a_checkpoint_from_before_model_block_loads_and_resumes_as_the_plain_block(tmp_path: Path) -> None:
+    state = plain_checkpoint(compose_config(), optimizer={}, scaler={}, train_state={}, rng=[{}])
+    del state["config"]["model"]["block"]
+    torch.save(state, tmp_path / "best.pt")
+    _, model, _ = load_checkpoint(tmp_path / "best.pt", torch.device("cpu"))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state["model"].items())
+    now = compose_config()
+    check_resumable(state, now, SegmentationTask(now).build_model(), 1, Path("last.pt"))
+    residual = compose_config("model.block=residual")
+    with pytest.raises(UserError, match="the model differs from the one in last.pt"):
+        check_resumable(state, residual, SegmentationTask(residual).build_model(), 1, Path("last.pt"))
+
+
 def test_load_checkpoint_refuses_another_task_or_other_classes(tmp_path: Path, capsys) -> None:
     torch.save(plain_checkpoint(compose_config()), tmp_path / "unet.pt")
     with pytest.raises(UserError, match="is a task=unet checkpoint; this command needs one of task=vae"):

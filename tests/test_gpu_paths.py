@@ -14,27 +14,27 @@ from s18exp.runtime import Runtime, set_deterministic
 from s18exp.updates import optimizer_step
 
 
-def one_step(loss_scale: float) -> tuple[torch.Tensor, int, float, float]:
+def one_step(loss_scale: float) -> tuple[torch.Tensor, int, float, float, bool]:
     """One optimizer_step under an enabled GradScaler, with a loss whose gradient is finite or not; returns
-    the weight after, the scheduler's step count, the lr and the scaler's scale."""
+    the weight after, the scheduler's step count, the lr, the scaler's scale and whether the step says it updated."""
     torch.manual_seed(0)
     model = nn.Linear(2, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.1, total_steps=10)
     scaler = torch.amp.GradScaler("cpu", enabled=True, init_scale=2.0**4)
     loss = model(torch.ones(1, 2)).sum() * loss_scale
-    optimizer_step(model, loss, optimizer, scaler, scheduler, grad_clip=None)
-    return model.weight.detach().clone(), scheduler.last_epoch, optimizer.param_groups[0]["lr"], scaler.get_scale()
+    updated = optimizer_step(model, loss, optimizer, scaler, scheduler, grad_clip=None)
+    return model.weight.detach().clone(), scheduler.last_epoch, optimizer.param_groups[0]["lr"], scaler.get_scale(), updated
 
 
 def test_an_overflowed_fp16_step_is_skipped_and_the_schedule_waits() -> None:
     torch.manual_seed(0)
     before = nn.Linear(2, 1).weight.detach().clone()
-    weight, steps, lr, scale = one_step(float("inf"))
-    assert torch.equal(weight, before)  # the scaler skipped the update
+    weight, steps, lr, scale, updated = one_step(float("inf"))
+    assert torch.equal(weight, before) and not updated  # the scaler skipped the update, and the step says so
     assert steps == 0 and scale == 2.0**3  # ... so the schedule did not move, and the scale halved
-    weight, steps, lr_after, scale = one_step(1.0)
-    assert not torch.equal(weight, before) and steps == 1 and lr_after > lr and scale == 2.0**4
+    weight, steps, lr_after, scale, updated = one_step(1.0)
+    assert not torch.equal(weight, before) and updated and steps == 1 and lr_after > lr and scale == 2.0**4
 
 
 @pytest.fixture

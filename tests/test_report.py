@@ -469,6 +469,28 @@ def test_settings_line_names_the_weight_average(sweep: Path) -> None:
     assert "weight EMA mixed (0.998, off)" in (sweep / "report.md").read_text()
 
 
+def test_settings_line_names_the_block_and_reads_an_older_run_as_the_plain_one(sweep: Path) -> None:
+    from omegaconf import OmegaConf
+
+    configs = sorted(sweep.glob("*/.hydra/config.yaml"))
+    for config_file in configs:
+        config = OmegaConf.load(config_file)
+        config.model.block = "double"
+        OmegaConf.save(config, config_file)
+    report(sweep)
+    assert "· block double" in (sweep / "report.md").read_text()
+    older = OmegaConf.load(configs[0])
+    del older.model["block"]  # written before the setting existed: the plain block
+    OmegaConf.save(older, configs[0])
+    report(sweep)
+    assert "block double" in (sweep / "report.md").read_text() and "block mixed" not in (sweep / "report.md").read_text()
+    newer = OmegaConf.load(configs[1])
+    newer.model.block = "residual"
+    OmegaConf.save(newer, configs[1])
+    report(sweep)
+    assert "block mixed (double, residual)" in (sweep / "report.md").read_text()
+
+
 def test_pictures_show_the_shared_columns_once_then_each_combo(sweep: Path) -> None:
     report(sweep)
     with Image.open(sweep / "report-unet-pictures.png") as picture:

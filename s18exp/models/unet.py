@@ -28,6 +28,8 @@ class UNet(nn.Module):
         block: str = "double",
     ) -> None:
         super().__init__()
+        if block not in CONV_BLOCKS:
+            raise ValueError(f"block={block!r} is not one of {', '.join(CONV_BLOCKS)}")
         conv_block = CONV_BLOCKS[block]
         channels = [width * 2**level for level in range(depth + 1)]
         self.depth = depth

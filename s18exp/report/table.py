@@ -25,6 +25,7 @@ SETTINGS = (
     ("lr", "trainer.lr"),
     ("width", "model.width"),
     ("depth", "model.depth"),
+    ("block", "model.block"),
     ("latent", "model.latent_dim"),
     ("limit train", "data.limit_train"),
     ("limit val", "data.limit_val"),
@@ -33,6 +34,9 @@ SETTINGS = (
     ("train crop", "augment.crop_size"),
     ("weight EMA", "trainer.ema_decay"),
 )
+# What a run whose config lacks the key used, where other runs of the section set it ("off" for other keys):
+# runs from before `model.block` existed used the plain block.
+UNSET_MEANS = {"model.block": "double"}
 
 
 @dataclass
@@ -158,7 +162,7 @@ def _settings(runs: list[Run]) -> dict[str, str]:
         values = Counter(str(config_value(r.config, key)) for r in runs if r.config is not None)
         unset = values.pop("None", 0)
         if values and unset:  # some runs use the setting and some do not
-            values["off"] = unset
+            values[UNSET_MEANS.get(key, "off")] += unset
         if values:
             settings[label] = next(iter(values)) if len(values) == 1 else "mixed (" + ", ".join(sorted(values)) + ")"
     return settings
