@@ -210,7 +210,7 @@ def train_epoch(
             else:
                 updated = optimizer_step(model, loss, updates.optimizer, updates.scaler, updates.scheduler, trainer.grad_clip)
                 if updated and updates.average is not None:
-                    updates.average.update(unwrap(model))
+                    updates.average.update()
                 loss_sum += loss.detach() * len(images)
                 seen += len(images)
             # Reading the loss syncs with the device, so the display refreshes it at most once a second.

@@ -18,26 +18,30 @@ from s18exp.distributed import Dist, broadcast_from_main
 
 
 class WeightAverage:
-    """`module` holds decay x itself + (1 - decay) x the trained weights after each `update`; a copy of the
-    trained weights at the first one."""
+    """`module` holds decay x itself + (1 - decay) x the weights of `model` after each `update`; a copy of them
+    at the first one. `model`'s tensors are read where they are, so it must keep them (load_state_dict copies
+    into them; the optimiser relies on the same)."""
 
     def __init__(self, model: nn.Module, decay: float) -> None:
         self.module = copy.deepcopy(model).eval()
         self.module.requires_grad_(False)
         self.decay = decay
         self.updates = 0
+        # Paired once rather than at every step: both state dicts hold the same tensors throughout training.
+        pairs = list(zip(self.module.state_dict().values(), model.state_dict().values()))
+        self._floats = ([a for a, _ in pairs if a.is_floating_point()], [t for a, t in pairs if a.is_floating_point()])
+        self._others = [(a, t) for a, t in pairs if not a.is_floating_point()]
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self) -> None:
+        averaged, trained = self._floats
         if self.updates == 0:
-            self.module.load_state_dict(model.state_dict())
+            for a, t in zip(averaged, trained):
+                a.copy_(t)
         else:
-            pairs = list(zip(self.module.state_dict().values(), model.state_dict().values()))
-            floats = [(a, t) for a, t in pairs if a.is_floating_point()]
-            torch._foreach_lerp_([a for a, _ in floats], [t for _, t in floats], 1.0 - self.decay)
-            for a, t in pairs:
-                if not a.is_floating_point():
-                    a.copy_(t)
+            torch._foreach_lerp_(averaged, trained, 1.0 - self.decay)
+        for a, t in self._others:
+            a.copy_(t)
         self.updates += 1
 
     def agree_across_ranks(self, dist: Dist) -> None:
