@@ -79,6 +79,7 @@ def test_experiment_folder_holds_the_four_combos_and_the_longer_recipe() -> None
 def test_pets_best_keeps_the_default_parts_at_a_larger_size() -> None:
     cfg = compose_config("experiment=pets_best")
     assert (cfg.encoder.name, cfg.decoder.name, cfg.loss.name, cfg.data.image_size) == ("maxpool", "transpose", "dice_ce", 192)
+    assert (cfg.model.width, cfg.trainer.max_epochs) == (32, 130)
     assert (cfg.augment.name, cfg.augment.scale_min, cfg.augment.rotate_degrees) == ("strong", 0.5, 15)
     assert SegmentationTask(cfg).tta_scales == (0.75, 1.0, 1.25)
 
