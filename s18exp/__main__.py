@@ -29,12 +29,16 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     from s18exp import console
     from s18exp.errors import TrainingError, UserError, one_line
     from s18exp.run import run, summary_stamp
+    from s18exp.run_settings import RunDirTaken
     from s18exp.stopping import Interrupted
 
     hydra_cfg = HydraConfig.get()
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     objective = OmegaConf.select(hydra_cfg, "sweeper.objective", default=None) if multirun else None
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    if multirun and distributed.launched_by_torchrun():  # a config that sets hydra.mode=MULTIRUN itself
+        console.error(MULTIRUN_UNDER_TORCHRUN)
+        sys.exit(2)
     before = summary_stamp(run_dir)
     try:
         summary = run(cfg)
@@ -44,7 +48,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         sys.exit(exc.exit_code)
     except (UserError, TrainingError) as exc:
         console.error(str(exc))
-        if multirun:
+        if multirun and not isinstance(exc, RunDirTaken):  # a refused job leaves the run it found as it was
             job_failed(run_dir, cfg, one_line(exc), before)
         if objective:
             raise
@@ -98,11 +102,30 @@ def _agree_on_run_dir() -> None:
         sys.argv += ["hydra.output_subdir=null", "hydra.job_logging.root.handlers=[]"]
 
 
+def asks_for_multirun(argv: list[str]) -> bool:
+    """Whether a command line starts a sweep or a search (`--multirun`, `-m`, `hparams_search=...`, `hydra.mode=MULTIRUN`)."""
+    return any(
+        arg in ("--multirun", "-m")
+        or (arg.startswith("hparams_search=") and arg != "hparams_search=null")
+        or arg == "hydra.mode=MULTIRUN"
+        for arg in argv
+    )
+
+
+MULTIRUN_UNDER_TORCHRUN = (
+    "--multirun and hparams_search cannot run under torchrun: every rank would start its own sweep; run the sweep "
+    "without torchrun (its jobs use the GPUs one at a time), or run each job under torchrun on its own"
+)
+
+
 def main() -> None:
     from s18exp.keys import exit_on_unknown_keys
 
     exit_on_unknown_keys(sys.argv[1:])
     if distributed.launched_by_torchrun():
+        if asks_for_multirun(sys.argv[1:]):
+            print(f"error: {MULTIRUN_UNDER_TORCHRUN}", file=sys.stderr)
+            sys.exit(2)
         _agree_on_run_dir()
     finished = False
     try:

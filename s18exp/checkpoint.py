@@ -8,9 +8,16 @@ code from it:
   (dicts, lists, tuples, strings, numbers, None) and refuses everything else, so that a pickle that would call
   a function on load is refused before it runs; checkpoints hold nothing else (`loop.Checkpoints.save` stores the RNG
   states as tensors and tuples, the config as a plain dict);
+- the checkpoint's config must be plain data: nested dicts and lists of strings, numbers, booleans and None,
+  with no OmegaConf interpolation or resolver call (`${...}`) anywhere, in a key or a value. A run saves its
+  config resolved, so an s18exp checkpoint never holds one; a crafted one could call a resolver such as
+  `oc.create` with a `_target_` of its choosing, so it is refused before the config is ever turned into an
+  OmegaConf object;
 - every `_target_` in the checkpoint's config, at any depth, must be one of the project's own config options
   (a `_target_` of a YAML file under conf/) or a torch.optim optimiser or learning-rate scheduler; anything
   else (`os.system`, a class of another package) is refused before anything is instantiated;
+- the commands that read a checkpoint take every path and download setting from the local machine, never
+  from the checkpoint (`local_config`): where the data lie, the cache folders, and no download;
 - tensors load onto the CPU; the caller moves weights to its device through `load_state_dict`, and the RNG
   states stay the CPU tensors that `torch.set_rng_state` and `torch.cuda.set_rng_state_all` need.
 
@@ -22,7 +29,9 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import pickle
+import zipfile
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, TypeVar, overload
@@ -79,6 +88,55 @@ def check_targets(config: Any, source: Path) -> None:
             )
 
 
+PLAIN_SCALARS = (str, int, float, bool, type(None))
+
+
+def check_plain(node: Any, source: Path, where: str = "config") -> None:
+    """UserError unless `node` is plain data (dicts with string keys, lists, scalars) with no `${...}` in any key
+    or string: what OmegaConf would read as an interpolation or a resolver call."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if not isinstance(key, str) or "${" in key:
+                raise UserError(f"{source} has a config key {str(key)[:80]!r} at {where} that is not a plain name; refusing to load it (use a checkpoint that s18exp trained)")
+            check_plain(value, source, f"{where}.{key}")
+    elif isinstance(node, (list, tuple)):
+        for index, item in enumerate(node):
+            check_plain(item, source, f"{where}[{index}]")
+    elif not isinstance(node, PLAIN_SCALARS):
+        raise UserError(f"{source} holds a {type(node).__name__} at {where}, not a plain config value; refusing to load it (use a checkpoint that s18exp trained)")
+    elif isinstance(node, str) and "${" in node:
+        raise UserError(
+            f"{source} has an interpolation or resolver call at {where} ({node[:60]!r}); an s18exp checkpoint stores "
+            "its config resolved, so this file was edited: refusing to load it (use a checkpoint that s18exp trained)"
+        )
+
+
+def local_config(cfg: DictConfig, data_root: str | None = None) -> DictConfig:
+    """`cfg` (a checkpoint's config) with every setting that names a place on this machine taken from here:
+    `paths` from conf/paths/default.yaml, `data.root` from `data_root` (the command line) or else
+    `$S18EXP_DATA` or `paths.data_home`, no download, and a data set's own sub-folder names at their defaults.
+    A checkpoint from elsewhere decides what the model is, never where anything is read or written."""
+    paths = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "paths" / "default.yaml"), resolve=True)
+    local = OmegaConf.to_container(cfg, resolve=False)
+    local["paths"] = paths
+    data = local.setdefault("data", {})
+    data["root"] = data_root if data_root is not None else os.environ.get("S18EXP_DATA") or paths["data_home"]
+    data["download"] = False
+    for key, default in _data_defaults(str(data.get("name"))).items():
+        if key in data:
+            data[key] = default
+    return OmegaConf.create(local)
+
+
+def _data_defaults(name: str) -> dict[str, Any]:
+    """The sub-folder settings of conf/data/<name>.yaml (keys ending in `_dir`): local names, never a checkpoint's."""
+    file = CONFIG_DIR / "data" / f"{name}.yaml"
+    if not name.isidentifier() or not file.is_file():
+        return {}
+    group = yaml.safe_load(file.read_text()) or {}
+    return {key: value for key, value in group.items() if key.endswith("_dir")}
+
+
 def run_weights_file(run_dir: Path) -> Path:
     """The checkpoint a run dir stands for: the one its test split was scored with (`test_weights` in its
     summary.json, from `eval.weights`), or best.pt for a run without a complete summary."""
@@ -93,6 +151,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     """The checkpoint's contents, tensors on the CPU, after the checks above; a one-line UserError otherwise."""
     if not path.is_file():
         raise UserError(f"{path} does not exist; give RUN_DIR/checkpoints/best.pt or last.pt of a run")
+    if not zipfile.is_zipfile(path):  # torch.save has written zip archives since PyTorch 1.6; s18exp writes nothing else
+        raise UserError(f"{path} is not a PyTorch checkpoint (not a zip archive as torch.save writes); give a .pt file that s18exp wrote")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -105,20 +165,25 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         raise UserError(f"{path} is not a readable checkpoint ({type(exc).__name__}); give a .pt file that s18exp wrote") from None
     if not isinstance(state, dict) or not isinstance(state.get("config"), dict) or "model" not in state:
         raise UserError(f"{path} is not an s18exp checkpoint (no model weights and config); give a .pt file that s18exp wrote")
+    check_plain(state["config"], path)
+    check_plain(state.get("class_names"), path, "class_names")
     check_targets(state["config"], path)
     return state
 
 
 @overload
-def load_checkpoint(path: Path, device: torch.device) -> tuple[Task, torch.nn.Module, DictConfig]: ...
+def load_checkpoint(path: Path, device: torch.device, *, data_root: str | None = None) -> tuple[Task, torch.nn.Module, DictConfig]: ...
 @overload
-def load_checkpoint(path: Path, device: torch.device, kind: type[T]) -> tuple[T, torch.nn.Module, DictConfig]: ...
-def load_checkpoint(path: Path, device: torch.device, kind: type[Task] | None = None) -> tuple[Task, torch.nn.Module, DictConfig]:
+def load_checkpoint(path: Path, device: torch.device, kind: type[T], data_root: str | None = None) -> tuple[T, torch.nn.Module, DictConfig]: ...
+def load_checkpoint(
+    path: Path, device: torch.device, kind: type[Task] | None = None, data_root: str | None = None
+) -> tuple[Task, torch.nn.Module, DictConfig]:
     """(task, model in eval mode on `device`, config) of a checkpoint for inference: the task built from the
-    checkpoint's config and class names, the model with its weights. `kind`: the task class the caller needs
-    (a UserError for a checkpoint of another task)."""
+    checkpoint's config (its places on disk made local by `local_config`, with `data_root` from the command
+    line) and class names, the model with its weights. `kind`: the task class the caller needs (a UserError
+    for a checkpoint of another task)."""
     state = read_checkpoint(path)
-    cfg = OmegaConf.create(state["config"])
+    cfg = local_config(OmegaConf.create(state["config"]), data_root)
     if OmegaConf.select(cfg, "task._target_") is None:
         raise UserError(f"{path} has no task._target_ in its config; give a .pt file that s18exp wrote")
     task = task_for(cfg, class_names=state.get("class_names"))

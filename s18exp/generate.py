@@ -12,7 +12,8 @@ Feeds N test images of the run's dataset to a trained VAE, each with a WRONG lab
 The N images are a seeded random choice from the whole test split (the run's `data.limit_test` does not
 apply). `ckpt=` is a run dir (the checkpoint its test split was scored with, `checkpoints/best.pt` or
 `last.pt` as its `eval.weights` said) or a checkpoint file; the model, its config and
-class names come from it; `root=DIR` reads the data from another folder than the one the run used.
+class names come from it; the data are read from `root=DIR`, else from `$S18EXP_DATA` or the default data folder
+(never from a folder the checkpoint names, and never downloaded).
 `device` and `precision` work as in `python -m s18exp.predict`; the last line says how many outputs took how long.
 """
 
@@ -99,9 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"output={output} must end in .npz")
     ckpt = cli.checkpoint_file(args["ckpt"])
     device = cli.device(args["device"])
-    task, model, cfg = load_checkpoint(ckpt, device, VAETask)
-    if args["root"] is not None:
-        cfg.data.root = args["root"]
+    task, model, cfg = load_checkpoint(ckpt, device, VAETask, data_root=args["root"])
     label = resolve_label(args["label"], task.class_names) if args["label"] is not None else None
     precision = cli.precision(args["precision"], str(OmegaConf.select(cfg, "trainer.precision", default="fp32")), device)
     # Only the test split is needed: one train and one val item keep the rest of the loading short.

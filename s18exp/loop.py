@@ -74,8 +74,13 @@ class TrainState:
     partial_seconds: float = 0.0
 
     def complete_epoch(self, epoch: int, value: float, seconds: float, mode: str) -> bool:
-        """Record a finished epoch and its monitored value (`mode` "max" or "min"); True when it is the best so far."""
-        improved = self.best_epoch == 0 or (value > self.best_value if mode == "max" else value < self.best_value)
+        """Record a finished epoch and its monitored value (`mode` "max" or "min"); True when it is the best so far.
+        A NaN value is the best only while no epoch had a number: any number beats it."""
+        improved = (
+            self.best_epoch == 0
+            or (math.isnan(self.best_value) and not math.isnan(value))
+            or (value > self.best_value if mode == "max" else value < self.best_value)
+        )
         if improved:
             self.best_value, self.best_epoch = value, epoch
         self.epochs_completed = epoch
@@ -124,7 +129,12 @@ def fit(
     """
     step_model = compiled(model, trainer)
     updates = build_updates(model, trainer, len(train), runtime)
-    val_model = step_model if updates.average is None else compiled(updates.average.module, trainer)
+    # Validation runs on each rank's shard without DDP's wrapper: it needs no gradient sync, and DDP's forward
+    # syncs buffers across ranks, which hangs when the ranks' shards have different numbers of batches.
+    if updates.average is not None:
+        val_model = compiled(updates.average.module, trainer)
+    else:
+        val_model = compiled(unwrap(model), trainer) if runtime.dist.enabled else step_model
     state = restore(resume, model, updates, runtime.dist) if resume is not None else TrainState()
     checkpoints = Checkpoints(run_dir / "checkpoints", model, updates, state, runtime.dist, checkpoint_extra)
     stop = stop or StopRequest()
@@ -273,7 +283,10 @@ def restore(resume: dict[str, Any], model: nn.Module, updates: Updates, dist: Di
     updates.optimizer.load_state_dict(resume["optimizer"])
     if updates.scheduler is not None:
         updates.scheduler.load_state_dict(resume["scheduler"])
-    updates.scaler.load_state_dict(resume["scaler"])
+    if updates.scaler.is_enabled() and resume["scaler"]:
+        # A checkpoint of a bf16, fp32 or CPU run has no scale to restore: an fp16 run resumed from it (where
+        # precision=auto resolves to fp16) starts the scale afresh; an fp16 scale means nothing without fp16.
+        updates.scaler.load_state_dict(resume["scaler"])
     set_rng_state(resume["rng"][dist.rank])  # run.check_resumable made sure the checkpoint has one per rank
     return TrainState(**resume["train_state"])
 

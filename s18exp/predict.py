@@ -72,6 +72,31 @@ def image_files(source: Path) -> list[Path]:
     return files
 
 
+def output_files(output: Path, files: list[Path]) -> dict[Path, tuple[Path, Path]]:
+    """input -> (its mask, its overlay) under `output`; a UserError, before any work, when two inputs would
+    write the same file (a.jpg and a.png both make a.png)."""
+    planned = {path: (output / f"{path.stem}.png", output / f"{path.stem}_overlay.jpg") for path in files}
+    by_stem: dict[str, list[Path]] = {}
+    for path in files:
+        by_stem.setdefault(path.stem, []).append(path)
+    clash = next((paths for paths in by_stem.values() if len(paths) > 1), None)
+    if clash:
+        raise UserError(
+            f"{' and '.join(p.name for p in clash)} would both be written as {clash[0].stem}.png in output={output}; "
+            "rename one of them or predict them separately"
+        )
+    return planned
+
+
+def check_overwrites(planned: dict[Path, tuple[Path, Path]], protected: list[Path]) -> None:
+    """A UserError, before any work, when a file to be written is one of `protected` (an input image or a trimap)."""
+    kept = {path.resolve() for path in protected}
+    for outputs in planned.values():
+        for out in outputs:
+            if out.resolve() in kept:
+                raise UserError(f"writing {out.name} would overwrite the input file {out}; give an output= folder of its own")
+
+
 def read_image(path: Path, size: int) -> tuple[Image.Image, torch.Tensor]:
     """The RGB image and the uint8 (3, size, size) tensor the model sees."""
     try:
@@ -150,6 +175,9 @@ def batch_size(value: str | None, default: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     files = image_files(Path(args["input"]))
+    truths = truth_files(Path(args["truth"]), files) if args["truth"] is not None else {}
+    output = Path(args["output"])
+    check_overwrites(output_files(output, files), [*files, *truths.values()])
     ckpt = cli.checkpoint_file(args["ckpt"])
     device = cli.device(args["device"])
     task, model, cfg = load_checkpoint(ckpt, device, SegmentationTask)
@@ -160,9 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     size = int(cfg.data.image_size)
     per_batch = batch_size(args["batch_size"], int(OmegaConf.select(cfg, "trainer.eval_batch_size", default=8)))
     values = np.array(MASK_FILE_VALUES[cfg.data.classes], dtype=np.uint8)
-    truths = truth_files(Path(args["truth"]), files) if args["truth"] is not None else {}
     confusion = ConfusionMatrix(len(task.class_names))
-    output = Path(args["output"])
     output.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     batches = [files[i : i + per_batch] for i in range(0, len(files), per_batch)]

@@ -2,8 +2,9 @@
 
 Resuming (`trainer.resume`): `auto` (the default) continues from `<run dir>/checkpoints/last.pt` when it
 exists, and skips the job when `summary.json` already says it is complete, so rerunning a command or a
-sweep with the same run/sweep dir finishes what was left; `never` starts afresh; a path (a run dir or a
-checkpoint file) continues from that checkpoint. A run that stops early (signal, non-finite loss, any
+sweep with the same run/sweep dir finishes what was left; both only when the run dir was made with the same
+settings (s18exp/run_settings.py), else the run stops with one line before any work; `never` starts afresh;
+a path (a run dir or a checkpoint file) continues from that checkpoint. A run that stops early (signal, non-finite loss, any
 error) writes `summary.json` with its `status` and `reason`, and marks its W&B run failed.
 """
 
@@ -26,14 +27,16 @@ from s18exp import console, distributed
 from s18exp.checkpoint import read_checkpoint
 from s18exp.config import validate
 from s18exp.data import Batches
-from s18exp.errors import UserError, one_line
+from s18exp.errors import TrainingError, UserError, one_line
 from s18exp.atomic_files import atomic_link, atomic_write_json, remove_stale_temporaries
 from s18exp.loop import fit, truncate_metrics
-from s18exp.runtime import Runtime, resolve_device, resolve_precision, seed_everything, set_deterministic
+from s18exp.runtime import STARTING_THREADS, Runtime, nondeterministic_op, resolve_device, resolve_precision, seed_everything, set_deterministic
 from s18exp.config import AUTO
 from s18exp.lr_find.auto import auto_lr
 from s18exp.lr_find.display import log_to as log_lr_find
 from s18exp.report.spec import SUMMARY_BLOCK
+from s18exp.run_settings import SETTINGS_FILE, RunDirTaken, check_run_dir, restore_hydra_files
+from s18exp.run_settings import record as record_settings
 from s18exp.stopping import Interrupted, StopRequest
 from s18exp.model_summary import example_input, totals as model_totals
 from s18exp.tasks import build
@@ -69,10 +72,11 @@ def set_threads(cfg: DictConfig) -> None:
     if threads == "auto":
         n_jobs = OmegaConf.select(HydraConfig.get(), "launcher.n_jobs", default=None)
         if not n_jobs or n_jobs == 1:
-            return
-        cores = os.cpu_count() or 1
-        parallel = cores if n_jobs < 0 else min(n_jobs, cores)
-        threads = max(1, cores // parallel)
+            threads = STARTING_THREADS  # not what an earlier job of a sequential sweep set
+        else:
+            cores = os.cpu_count() or 1
+            parallel = cores if n_jobs < 0 else min(n_jobs, cores)
+            threads = max(1, cores // parallel)
     torch.set_num_threads(int(threads))
 
 
@@ -81,6 +85,14 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
         return json.loads((run_dir / SUMMARY).read_text())
     except (OSError, ValueError):
         return None
+
+
+def is_complete(summary: dict[str, Any] | None, max_epochs: int) -> bool:
+    """Whether a run dir's summary says its run is done for `max_epochs` epochs (a longer schedule continues it)."""
+    if not summary or summary.get("status") != "complete":
+        return False
+    done = summary.get("epochs_completed")
+    return not isinstance(done, int) or done >= max_epochs
 
 
 def summary_stamp(run_dir: Path) -> tuple[int, int] | None:
@@ -181,25 +193,45 @@ def check_writable(run_dir: Path) -> None:
         raise UserError(f"cannot write to the run dir {run_dir} ({exc.strerror}); set hydra.run.dir / hydra.sweep.dir to a writable folder") from exc
 
 
+def check_deterministic(cfg: DictConfig, device: torch.device) -> None:
+    """A UserError, before any work, for a `trainer.deterministic=true` run that is known to stop at its first
+    backward pass: bilinear up-sampling (decoder=upsample) has no deterministic CUDA backward. Any other op
+    without a deterministic implementation stops the run when first called, naming itself (`fit` in `run`)."""
+    if cfg.trainer.deterministic and device.type == "cuda" and OmegaConf.select(cfg, "decoder.name") == "upsample":
+        raise UserError(
+            "trainer.deterministic=true with decoder=upsample on a GPU: bilinear up-sampling has no deterministic CUDA "
+            "backward pass; use decoder=transpose, or trainer.deterministic=false"
+        )
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and test one configuration; returns what it writes to summary.json."""
     validate(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     dist = distributed.init()
+    device = resolve_device(cfg.trainer.device, dist)
+    check_deterministic(cfg, device)
     console.set_quiet(not dist.is_main)
     if dist.is_main:
         check_writable(run_dir)
         remove_stale_temporaries(run_dir / "checkpoints")
+    try:
+        check_run_dir(cfg, run_dir)
+    except RunDirTaken:
+        if dist.is_main:
+            restore_hydra_files(run_dir)  # Hydra rewrote them for this command before it reached here
+        raise
     previous = read_summary(run_dir)
-    if str(cfg.trainer.resume) == "auto" and previous and previous.get("status") == "complete":
+    if str(cfg.trainer.resume) == "auto" and is_complete(previous, cfg.trainer.max_epochs):
         console.info(f"{cfg.run_name}: {run_dir / SUMMARY} is complete; skipping (trainer.resume=never to train again)")
         return previous
     resume_path = find_resume(cfg, run_dir)
+    if dist.is_main and (resume_path is None or not (run_dir / SETTINGS_FILE).is_file()):
+        record_settings(cfg, run_dir)
 
     set_threads(cfg)
     set_deterministic(bool(cfg.trainer.deterministic))
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.trainer.device, dist)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     runtime = Runtime(device, resolve_precision(cfg.trainer.precision, device), cfg.trainer.channels_last, dist, bool(cfg.trainer.deterministic))
@@ -266,11 +298,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if lr_curve is not None:
             log_lr_find(lr_curve, tracker, run_dir)
         with StopRequest() as stop:
-            state = fit(
-                runtime.wrap(model), task, train, val, cfg.trainer, runtime, run_dir, tracker,
-                checkpoint_extra={"config": resolved, "class_names": list(task.class_names), "wandb_id": tracker.run_id},
-                resume=resume, stop=stop,
-            )
+            try:
+                state = fit(
+                    runtime.wrap(model), task, train, val, cfg.trainer, runtime, run_dir, tracker,
+                    checkpoint_extra={"config": resolved, "class_names": list(task.class_names), "wandb_id": tracker.run_id},
+                    resume=resume, stop=stop,
+                )
+            except RuntimeError as exc:
+                op = nondeterministic_op(exc)
+                if op is None:
+                    raise
+                raise TrainingError(
+                    f"trainer.deterministic=true, but {op} has no deterministic implementation on {device.type}, so this "
+                    "run could not repeat bit for bit; set trainer.deterministic=false, or change the setting that uses it"
+                ) from None
         distributed.barrier(dist)
         weights_file = run_dir / "checkpoints" / f"{cfg.eval.weights}.pt"
         tested = read_checkpoint(weights_file)

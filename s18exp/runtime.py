@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +23,9 @@ from torch import nn
 from s18exp.distributed import Dist
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+# torch's thread count when the process started (its cores, or OMP_NUM_THREADS): what `trainer.num_threads=auto`
+# gives a job that runs alone, whatever an earlier job of the same process set.
+STARTING_THREADS = torch.get_num_threads()
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -91,16 +95,25 @@ def unwrap(model: nn.Module) -> nn.Module:
 def set_deterministic(enabled: bool) -> None:
     """`trainer.deterministic`: the same seed gives the same numbers on a GPU too, at some cost in speed.
 
-    Turns on `torch.use_deterministic_algorithms` (an op with no deterministic implementation warns, naming
-    itself, rather than stopping the run), cuDNN's deterministic mode without autotuning, and sets
-    `CUBLAS_WORKSPACE_CONFIG=:4096:8` (which cuBLAS needs for deterministic matmuls) unless the environment
-    already sets it. cuBLAS reads the variable when a process first uses it, so in a sweep of several jobs in
-    one process the first job's setting holds. False restores torch's defaults (a sweep may mix both)."""
+    Turns on `torch.use_deterministic_algorithms` strictly: an op with no deterministic implementation raises
+    at its first call (`nondeterministic_op` reads its name, so that the run stops with one line naming it)
+    instead of warning and letting a run that cannot repeat claim to be deterministic. Also cuDNN's
+    deterministic mode without autotuning, and `CUBLAS_WORKSPACE_CONFIG=:4096:8` (which cuBLAS needs for
+    deterministic matmuls) unless the environment already sets it. cuBLAS reads the variable when a process
+    first uses it, so in a sweep of several jobs in one process the first job's setting holds. False restores
+    torch's defaults (a sweep may mix both)."""
     if enabled:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False
-    torch.use_deterministic_algorithms(enabled, warn_only=True)
+    torch.use_deterministic_algorithms(enabled)
     torch.backends.cudnn.deterministic = enabled
+
+
+def nondeterministic_op(exc: BaseException) -> str | None:
+    """The op named by the error torch raises under `torch.use_deterministic_algorithms(True)` for an op that
+    has no deterministic implementation; None for any other error."""
+    match = re.match(r"(\S+) does not have a deterministic implementation", str(exc))
+    return match.group(1) if isinstance(exc, RuntimeError) and match else None
 
 
 def seed_everything(seed: int) -> None:
@@ -130,7 +143,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # A machine with fewer GPUs than the one that saved the states restores those it has.
+        for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
 
 
 def all_rng_states(dist: Dist) -> list[dict[str, Any]]:

@@ -4,7 +4,8 @@ Scores a UNet checkpoint's test split again, the way its run scored it (each ima
 resolution; see `SegmentationTask.test`), with the checkpoint's `eval.tta` and `eval.tta_scales` unless
 `tta=` or `tta_scales=` say otherwise: other test-time views of a finished run, without training it again.
 The data settings (split, image size, classes) are the checkpoint's own; the data are read from `data_root`
-when given, else from the checkpoint's `data.root`, and never downloaded. Prints the scores; `output=` also
+when given, else from `$S18EXP_DATA` or the default data folder, never from a folder the checkpoint names, and
+never downloaded. Prints the scores; `output=` also
 writes them, with how they were scored, as JSON (atomically).
 """
 
@@ -38,15 +39,12 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"output={args['output']} is a folder; give a file name, e.g. output=scores.json")
     ckpt = cli.checkpoint_file(args["ckpt"])
     device = cli.device(args["device"])
-    task, model, cfg = load_checkpoint(ckpt, device, SegmentationTask)
+    task, model, cfg = load_checkpoint(ckpt, device, SegmentationTask, data_root=args["data_root"])
     if args["tta"] is not None:
         task.tta = tta_mode(args["tta"], "tta")
     if args["tta_scales"] is not None:
         task.tta_scales = tta_scales(args["tta_scales"], "tta_scales")
     precision = cli.precision(args["precision"], str(OmegaConf.select(cfg, "trainer.precision", default="fp32")), device)
-    if args["data_root"] is not None:
-        cfg.data.root = args["data_root"]
-    cfg.data.download = False
     test = task.build_data().test
     start = time.perf_counter()
     scores = task.test(model, Batches(test, int(cfg.trainer.eval_batch_size)), Runtime(device, precision, channels_last=False))

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU check, on a machine with a CUDA GPU, in about five minutes: the CUDA tests (tests/test_cuda.py:
-# bf16 and fp16 training, kill-and-resume under trainer.deterministic=true, torchrun with NCCL on every GPU,
-# predict and generate on CUDA), then `scripts/bench.py --quick` on the GPU (the measured bf16 matmul peak and
+# bf16 and fp16 training, kill-and-resume under trainer.deterministic=true, decoder=upsample refused under it,
+# torchrun with NCCL on every GPU, predict and generate on CUDA), then `scripts/bench.py --quick` on the GPU (the measured bf16 matmul peak and
 # the UNet step's share of it at width 32 and 64, batch 64, eager and compiled).
 #
 #   scripts/gpu_check.sh [OUT_DIR]     # default: gpu_check/ ; writes tests.log, bench.json, bench.log there

@@ -153,7 +153,7 @@ def test_eval_weights_picks_the_checkpoint_the_test_split_scores(tiny_pets: Tiny
     assert (summary["test_weights"], summary["test_epoch"]) == (weights, {"best": summary["best_epoch"], "last": 4}[weights])
     # the run dir, given as ckpt=, means that checkpoint, and scoring it again gives the summary's scores
     out = tmp_path / "rescored.json"
-    assert score.main([f"ckpt={run_dir}", f"output={out}"]) == 0
+    assert score.main([f"ckpt={run_dir}", f"output={out}", f"data_root={tiny_pets.root}"]) == 0
     rescored = json.loads(out.read_text())
     assert rescored["checkpoint"] == str(run_dir / "checkpoints" / f"{weights}.pt")
     for key in ("miou", "iou_pet", "iou_background", "iou_border", "pixel_acc"):

@@ -1,5 +1,6 @@
 """What only a GPU can show: bf16 and fp16 training, a killed CUDA run that resumes to identical numbers
-under `trainer.deterministic=true`, torchrun with NCCL on every GPU, and predict / generate on CUDA.
+under `trainer.deterministic=true` (and decoder=upsample refused under it), torchrun with NCCL on every GPU,
+and predict / generate on CUDA.
 
 Every test here is marked `cuda` and skipped (with the reason) where `torch.cuda.is_available()` is false;
 `scripts/gpu_check.sh` runs them on a GPU machine. They reuse the tiny on-disk data sets of the CPU tests.
@@ -87,6 +88,18 @@ def test_killed_cuda_run_resumes_to_identical_metrics(tiny_pets: TinyPets, tmp_p
     assert all(torch.equal(weights[k], expected_weights[k]) for k in expected_weights)
 
 
+def test_deterministic_refuses_bilinear_upsampling_before_any_work(tiny_pets: TinyPets, tmp_path: Path) -> None:
+    """Bilinear up-sampling has no deterministic CUDA backward: under trainer.deterministic=true a
+    decoder=upsample run stops with one line before training, and without it the same run trains."""
+    run_dir = tmp_path / "run"
+    result = run_cli(gpu_overrides(tiny_pets.root, tmp_path, run_dir, "decoder=upsample", "trainer.deterministic=true"), tmp_path)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1 and "decoder=upsample" in lines[0], result.stderr[-3000:]
+    assert not (run_dir / "metrics.jsonl").exists()
+    result = run_cli(gpu_overrides(tiny_pets.root, tmp_path, tmp_path / "free", "decoder=upsample"), tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="NCCL across GPUs needs at least 2 GPUs")
 def test_torchrun_with_nccl_on_every_gpu(tiny_pets: TinyPets, tmp_path: Path) -> None:
     ranks = torch.cuda.device_count()
@@ -136,7 +149,9 @@ def test_generate_on_cuda_matches_the_cpu(image_folder: Path, tmp_path: Path) ->
     arrays = {}
     for device in ("cpu", "cuda"):
         out = tmp_path / f"{device}.npz"
-        result = run_module("s18exp.generate", [f"ckpt={run_dir / 'checkpoints' / 'best.pt'}", "n=6", f"output={out}", f"device={device}"], tmp_path)
+        result = run_module(
+            "s18exp.generate", [f"ckpt={run_dir / 'checkpoints' / 'best.pt'}", "n=6", f"output={out}", f"device={device}", f"root={image_folder}"], tmp_path
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         with np.load(out) as npz:
             arrays[device] = {k: npz[k] for k in npz.files}

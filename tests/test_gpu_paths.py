@@ -1,6 +1,6 @@
 """The parts of the GPU code paths that a CPU can run: fp16 loss scaling that skips an overflowed step without
-advancing the schedule (the step that the training loop and the judge both take), and `trainer.deterministic`'s
-switches."""
+advancing the schedule (the step that the training loop and the judge both take), and `trainer.deterministic`,
+which stops at an op that has no deterministic implementation instead of letting a run claim it repeats."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from s18exp.runtime import Runtime, set_deterministic
+from s18exp.runtime import nondeterministic_op, set_deterministic
 from s18exp.updates import optimizer_step
 
 
@@ -50,16 +50,24 @@ def restore_determinism():
         os.environ["CUBLAS_WORKSPACE_CONFIG"] = before[3]
 
 
-def test_deterministic_switches_on_and_off(restore_determinism, monkeypatch) -> None:
+def put_without_accumulate() -> None:
+    """An op that torch has no deterministic implementation of, on any device (`put_` with accumulate=False)."""
+    torch.zeros(3).put_(torch.tensor([0]), torch.tensor([1.0]))
+
+
+def test_deterministic_stops_at_an_op_that_cannot_repeat_and_names_it(restore_determinism, monkeypatch) -> None:
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     torch.backends.cudnn.benchmark = True
     set_deterministic(True)
-    assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+    with pytest.raises(RuntimeError) as info:
+        put_without_accumulate()
+    assert nondeterministic_op(info.value) == "put_"
+    assert nondeterministic_op(RuntimeError("CUDA out of memory")) is None
     assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
-    assert Runtime(torch.device("cpu"), "fp32", False, deterministic=True).deterministic
     set_deterministic(False)
-    assert not torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.deterministic
+    put_without_accumulate()  # runs again once determinism is off
+    assert not torch.backends.cudnn.deterministic
 
 
 def test_deterministic_keeps_a_workspace_setting_of_the_user(restore_determinism, monkeypatch) -> None:

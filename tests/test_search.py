@@ -177,7 +177,8 @@ def test_failing_trial_is_recorded_failed_and_the_search_goes_on(tiny_pets: Tiny
         "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
     )
     result = run_cli(args, tmp_path)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]  # like a sweep: a failure is not a success
+    assert "error: 1 trial(s) of the search failed: trial 0 (data.image_size=30 is not divisible" in result.stderr
     assert result.stdout.count("Launching jobs") == 1  # one batch of two
     failed, complete = load(sweep).trials
     assert failed.state == optuna.trial.TrialState.FAIL and failed.value is None

@@ -174,7 +174,7 @@ def test_two_ranks_validate_the_averaged_weights_they_save(tiny_pets, tmp_path) 
     )
     assert result.returncode == 0, result.stderr
     assert epochs_logged(run_dir) == [1, 2]
-    task, model, _ = load_checkpoint(run_dir / "checkpoints/last.pt", torch.device("cpu"))
+    task, model, _ = load_checkpoint(run_dir / "checkpoints/last.pt", torch.device("cpu"), data_root=str(tiny_pets.root))
     runtime = Runtime(torch.device("cpu"), "fp32", channels_last=True)
     scores = task.evaluate(runtime.prepare_model(model), Batches(task.build_data().val, 4), runtime)
     logged = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])

@@ -208,6 +208,7 @@ class OptunaSweeper(Sweeper):
         self.launcher: Optional[Launcher] = None
         self.storage: Any = None  # the study's optuna RDBStorage, once opened
         self.study_id: Optional[int] = None
+        self.lock: Any = None  # the open lock file of the sweep dir, held while this search runs
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
@@ -349,11 +350,14 @@ class OptunaSweeper(Sweeper):
         self._check_keys(space)
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
+        self.lock = hold_search_lock(sweep_dir)
         study = self._open_study(sweep_dir, space)
         atomic_write_text(OmegaConf.to_yaml(self.config), sweep_dir / "multirun.yaml")
 
         trials = study.get_trials(deepcopy=False)
         left_running = [t for t in trials if t.state == TrialState.RUNNING]
+        for trial in left_running:
+            check_trial_params(trial.number, trial.params, space, sweep_dir)
         counted = [t for t in trials if t.state != TrialState.WAITING]  # waiting ones are taken by ask()
         to_start = max(0, self.n_trials - len(counted))
         seed = None if self.seed is None else self.seed + len(trials)
@@ -429,6 +433,62 @@ class OptunaSweeper(Sweeper):
             log.info(f"{line}; best trial {best.number}: {self.objective}={best.value:.6g} with {best.params}")
         else:
             log.warning(f"{line}; no trial completed, the report lists why")
+
+
+def hold_search_lock(sweep_dir: Path) -> Any:
+    """An exclusive lock on `<sweep dir>/optuna.db.lock`, held (by the open file returned) until this process
+    ends: a second search on the same study would take the first one's running trials for abandoned ones and
+    train them again in the same run dirs. The lock is the operating system's, so a search that dies frees it."""
+    import fcntl
+
+    from s18exp.errors import UserError
+
+    handle = open(sweep_dir / f"{STUDY_FILE}.lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise UserError(
+            f"another search is running in {sweep_dir} ({holder}); wait for it to end, or give another hydra.sweep.dir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def check_trial_params(number: int, params: Dict[str, Any], space: SearchSpace, sweep_dir: Path) -> None:
+    """A trial left running, to be launched again, must hold exactly the search space's keys with values the
+    space can take: its parameters come from optuna.db, a file that could have been edited, and become
+    command-line overrides (a value such as `${oc.create:...}` would be a resolver call)."""
+    from s18exp.errors import UserError
+
+    problem = None
+    if set(params) != set(space.distributions):
+        problem = f"its parameters {sorted(params)} are not the search space's {sorted(space.distributions)}"
+    for key, value in params.items():
+        distribution = space.distributions.get(key)
+        if problem is None and (distribution is None or not _takes(distribution, value)):
+            problem = f"{key}={str(value)[:60]!r} is not a value of the search space"
+    if problem:
+        raise UserError(
+            f"trial {number} in {sweep_dir / STUDY_FILE} cannot run again: {problem}; the study file was edited or "
+            "comes from another search: give another hydra.sweep.dir"
+        )
+
+
+def _takes(distribution: Any, value: Any) -> bool:
+    """Whether `distribution` can yield `value` (a categorical one only its own choices, by type and value)."""
+    from optuna.distributions import CategoricalDistribution
+
+    if isinstance(distribution, CategoricalDistribution):
+        return any(type(choice) is type(value) and choice == value for choice in distribution.choices)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return distribution.low <= value <= distribution.high
 
 
 def _difference(recorded: Any, wanted: Any) -> str:

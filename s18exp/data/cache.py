@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,6 +19,12 @@ import torch
 from s18exp.atomic_files import atomic_torch_save
 
 FORMAT_VERSION = 1
+
+
+def safe_label(text: str) -> str:
+    """`text` as a file-name part that stays inside its folder: letters, digits, `.`, `_` and `-` only, no
+    leading dot, at most 60 characters (the hash beside it keeps names apart)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text).lstrip(".")[:60] or "entry"
 
 
 def fingerprint(files: list[Path]) -> list[tuple[str, int, int]]:
@@ -30,18 +37,22 @@ def fingerprint(files: list[Path]) -> list[tuple[str, int, int]]:
 
 
 def cached(cache_dir: str | Path | None, description: dict[str, Any], build: Callable[[], dict]) -> dict:
-    """Return `build()`, read from `cache_dir` when an entry for `description` exists, else built and saved."""
+    """Return `build()`, read from `cache_dir` when an entry for `description` exists, else built and saved.
+    An entry that cannot be read (truncated, corrupt, not a tensor file) is removed and built again."""
     if cache_dir is None:
         return build()
     text = json.dumps({"format": FORMAT_VERSION, **description}, sort_keys=True, default=str)
     key = hashlib.sha256(text.encode()).hexdigest()[:20]
     label = "-".join(str(description[k]) for k in ("dataset", "split", "image_size") if k in description)
-    path = Path(cache_dir) / f"{label}-{key}.pt"
+    path = Path(cache_dir) / f"{safe_label(label)}-{key}.pt"
     if path.exists():
         try:
-            return torch.load(path, weights_only=True)
-        except (OSError, RuntimeError, EOFError):
-            path.unlink(missing_ok=True)
+            value = torch.load(path, weights_only=True)
+            if isinstance(value, dict):
+                return value
+        except Exception:  # whatever is wrong with the file, building it again mends it
+            pass
+        path.unlink(missing_ok=True)
     value = build()
     try:
         os.makedirs(cache_dir, exist_ok=True)

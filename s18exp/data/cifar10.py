@@ -74,7 +74,7 @@ class CIFAR10Data(LabelledData):
 
         return with_download(
             local,
-            lambda: CIFAR10(root, train=train, download=True),
+            lambda folder: CIFAR10(folder, train=train, download=True),
             download,
             f"CIFAR-10 not found under {root} (expected {PICKLE_DIR}/ or {JPG_DIR}/{{train,test}}/<class>/*.jpg)",
             root,

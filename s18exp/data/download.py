@@ -1,10 +1,12 @@
-"""Downloads through torchvision that leave nothing behind when they fail.
+"""Downloads through torchvision that leave nothing behind when they fail, and touch nothing they did not create.
 
 torchvision creates the data set's folders before it fetches anything, so a download that fails (no network,
-a mistyped `data.root`) would leave empty or half-written folders. `download_cleanly` removes what the
-attempt created, the root folder and its missing parents included, and reports the cause in a few words.
-`with_download` is how every data set opens its files: the local copy, else a clean download where allowed,
-else one line that says what is missing and why.
+a mistyped `data.root`) would leave empty or half-written folders. `download_cleanly` has torchvision download
+into a private staging folder inside the root, moves what arrived into place only once the download has
+succeeded (never over a file that is already there), and on failure removes the staging folder and the root
+folders it created itself, nothing else: files that other processes write into the same root meanwhile are
+never touched. `with_download` is how every data set opens its files: the local copy, else a clean download
+where allowed, else one line that says what is missing and why.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import tempfile
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -19,6 +22,7 @@ from s18exp.errors import UserError
 
 DOWNLOAD_TIMEOUT_S = 20
 REASON_CHARS = 160  # enough for "RuntimeError: Error downloading <file>: <urlopen error [Errno -3] Temporary failure ...>"
+STAGING_PREFIX = ".s18exp-download-"
 T = TypeVar("T")
 
 
@@ -26,43 +30,34 @@ class DownloadFailed(Exception):
     """The download did not complete; the message is its cause in one short line."""
 
 
-def _tree(folder: Path) -> set[Path]:
-    found: set[Path] = set()
-    for parent, dirs, files in os.walk(folder):
-        found.update(Path(parent) / name for name in dirs + files)
-    return found
+def _make_folders(root: Path) -> list[Path]:
+    """Create `root` and its missing parents; the folders created, deepest first."""
+    created: list[Path] = []
+    path = root.absolute()
+    while not path.exists():
+        created.append(path)
+        path = path.parent
+    root.mkdir(parents=True, exist_ok=True)
+    return created
 
 
-class _Snapshot:
-    """What exists under `root` before a download: the missing folders down to it, its entries, and the
-    whole tree of the sub-folders the download writes into (`touches`)."""
+def _remove_if_empty(folders: list[Path]) -> None:
+    for folder in folders:  # deepest first; a folder someone else has put a file into stays
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
-    def __init__(self, root: Path, touches: tuple[str, ...]) -> None:
-        self.missing: list[Path] = []
-        path = root.absolute()
-        while not path.exists():
-            self.missing.append(path)
-            path = path.parent
-        self.root = root.absolute()
-        self.entries = set(self.root.iterdir()) if self.root.is_dir() else set()
-        self.trees = {self.root / name: _tree(self.root / name) for name in touches if (self.root / name).is_dir()}
 
-    def restore(self) -> None:
-        """Remove whatever appeared since; never what was there before."""
-        if self.root.is_dir():
-            for entry in set(self.root.iterdir()) - self.entries:
-                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-        for folder, before in self.trees.items():
-            for path in sorted(_tree(folder) - before, key=lambda p: len(p.parts), reverse=True):
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    path.unlink(missing_ok=True)
-        for folder in self.missing:  # deepest first
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+def _merge(staged: Path, target: Path) -> None:
+    """Move every file under `staged` to the same place under `target`, creating folders as needed and
+    leaving any file that already exists there as it is."""
+    for parent, _dirs, files in os.walk(staged):
+        here = target / Path(parent).relative_to(staged)
+        here.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            if not (here / name).exists():
+                os.replace(Path(parent) / name, here / name)
 
 
 def short_reason(exc: BaseException) -> str:
@@ -76,28 +71,40 @@ def short_reason(exc: BaseException) -> str:
     return text if len(text) <= REASON_CHARS else text[: REASON_CHARS - 3] + "..."
 
 
-def download_cleanly(download: Callable[[], T], root: Path, touches: tuple[str, ...]) -> T:
-    """`download()` with a socket timeout; when it fails, DownloadFailed with the cause, after removing
-    everything it created under `root` (`touches`: the sub-folders it writes into, which may exist already)."""
-    snapshot = _Snapshot(root, touches)
+def download_cleanly(download: Callable[[Path], object], open_local: Callable[[], T | None], root: Path, touches: tuple[str, ...]) -> T:
+    """`download(staging)` with a socket timeout, into a staging folder inside `root`; then the sub-folders it
+    wrote (`touches`) merged into `root` and the data opened from there with `open_local()`. When it fails,
+    DownloadFailed with the cause, after removing the staging folder and the folders it created for `root`."""
+    created = _make_folders(root)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=root))
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
-        return download()
+        download(staging)
+        for name in touches:
+            if (staging / name).is_dir():
+                _merge(staging / name, root / name)
+        found = open_local()
+        if found is None:
+            raise DownloadFailed("the downloaded files do not have the expected layout")
+        return found
     except BaseException as exc:
-        snapshot.restore()
-        if not isinstance(exc, Exception):
+        shutil.rmtree(staging, ignore_errors=True)
+        _remove_if_empty(created)
+        if not isinstance(exc, Exception) or isinstance(exc, DownloadFailed):
             raise
         raise DownloadFailed(short_reason(exc)) from exc
     finally:
         socket.setdefaulttimeout(previous)
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def with_download(
-    open_local: Callable[[], T | None], download: Callable[[], T], allowed: bool, missing: str, root: Path,
+    open_local: Callable[[], T | None], download: Callable[[Path], object], allowed: bool, missing: str, root: Path,
     touches: tuple[str, ...], holds: str = "it",
 ) -> T:
-    """`open_local()` when the data is there; else `download()` when allowed (`download_cleanly`); else, or when
+    """`open_local()` when the data is there; else `download(folder)` when allowed (`download_cleanly`: it
+    downloads into `folder`, and the files are moved under `root`); else, or when
     the download fails, a one-line UserError that starts with `missing` (which names the path looked in) and
     asks for data.root=DIR, the folder that `holds` the data."""
     found = open_local()
@@ -107,7 +114,7 @@ def with_download(
         reason = "data.download=false"
     else:
         try:
-            return download_cleanly(download, root, touches)
+            return download_cleanly(download, open_local, root, touches)
         except DownloadFailed as exc:
             reason = f"the download failed ({exc})"
     raise UserError(f"{missing} and {reason}; set data.root=DIR or S18EXP_DATA=DIR to the folder that holds {holds}")

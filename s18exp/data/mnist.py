@@ -56,7 +56,7 @@ class MNISTData(LabelledData):
 
         return with_download(
             local,
-            lambda: MNIST(root, train=train, download=True),
+            lambda folder: MNIST(folder, train=train, download=True),
             download,
             f"MNIST not found under {root} (expected {EXPECTED_LAYOUT})",
             root,

@@ -82,7 +82,7 @@ class PetsData:
 
         return with_download(
             local,
-            lambda: OxfordIIITPet(root, split=split, target_types="segmentation", download=True),
+            lambda folder: OxfordIIITPet(folder, split=split, target_types="segmentation", download=True),
             download,
             f"Oxford-IIIT Pet not found under {base} (expected {EXPECTED_LAYOUT})",
             root,
