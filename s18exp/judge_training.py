@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 
 from s18exp import console
 from s18exp.data import Batches, TensorSplit
 from s18exp.data.cache import cached
+from s18exp.losses import cross_entropy
 from s18exp.models.judge import Judge, build_judge, to_unit
 from s18exp.runtime import Runtime
 from s18exp.updates import optimizer_step
@@ -80,7 +80,7 @@ def train_judge(
                     images, labels = runtime.to_device(images, labels)
                     x = blur_half(to_unit(images), settings.get("blur", 0.0), generator)
                     with runtime.autocast():
-                        loss = F.cross_entropy(judge(x).float(), labels)
+                        loss = cross_entropy(judge(x), labels)
                     optimizer_step(judge, loss, optimizer, scaler, scheduler, grad_clip=None)
                     now = time.perf_counter()  # the loss is read (a device sync) at most once a second
                     value = loss.item() if now - last_shown > 1.0 else None

@@ -12,6 +12,16 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """`F.cross_entropy` (mean over every pixel or item) of float32 logits. Under trainer.deterministic=true on a
+    GPU its mean comes from per-element losses: CUDA's NLL kernel sums with atomic adds, which torch refuses in
+    deterministic mode (and which do not repeat bit for bit); elsewhere the fused kernel, as always."""
+    logits, target = logits.float(), target.long()
+    if logits.is_cuda and torch.are_deterministic_algorithms_enabled():
+        return F.cross_entropy(logits, target, reduction="none").mean()
+    return F.cross_entropy(logits, target)
+
+
 def one_hot(target: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(N, H, W) class indices -> (N, C, H, W) float one-hot."""
     return F.one_hot(target.long(), num_classes).permute(0, 3, 1, 2).float()
@@ -60,7 +70,7 @@ class DiceCELoss(nn.Module):
         self.dice_weight, self.ce_weight = dice_weight, ce_weight
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        ce = F.cross_entropy(logits.float(), target.long())
+        ce = cross_entropy(logits, target)
         return self.dice_weight * self.dice(logits, target) + self.ce_weight * ce
 
 
@@ -107,5 +117,5 @@ class LovaszCELoss(nn.Module):
         self.lovasz_weight, self.ce_weight = lovasz_weight, ce_weight
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        ce = F.cross_entropy(logits.float(), target.long())
+        ce = cross_entropy(logits, target)
         return self.lovasz_weight * self.lovasz(logits, target) + self.ce_weight * ce

@@ -1,14 +1,17 @@
 """Loading checkpoints (s18exp/checkpoint.py): a checkpoint from elsewhere runs no code in `predict`,
 `generate` or a resumed run; what a run saves loads back with its RNG states as CPU tensors; a resume
-refuses a changed model or number of ranks with one line."""
+refuses a changed model or number of ranks with one line, and moves between a scaled (fp16) and an unscaled
+precision; a NaN validation score never holds best.pt over a number."""
 
 from __future__ import annotations
 
 import json
+import math
 import random
 import subprocess
 import sys
 import zipfile
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +19,14 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from torch import nn
 
 from conftest import TinyPets, cli_env, smoke_overrides_for
 from s18exp import generate, predict
 from s18exp.checkpoint import check_targets, load_checkpoint, project_targets, read_checkpoint, run_weights_file
+from s18exp.distributed import Dist
 from s18exp.errors import UserError
+from s18exp.loop import TrainState, Updates, restore
 from s18exp.runtime import rng_state, set_rng_state
 from s18exp.paths import CONFIG_DIR
 from s18exp.run import check_resumable
@@ -286,6 +292,52 @@ def test_resume_with_a_wider_model_is_one_line_before_training(tiny_pets: TinyPe
     assert "the model differs from the one in" in one_error_line(result.stderr)
     assert not (second / "checkpoints").exists()
     assert json.loads((first / "summary.json").read_text())["status"] == "complete"
+
+
+# --- resume across precisions, and which epoch is best --------------------------------------------------
+
+
+def saved_training(scaler: torch.amp.GradScaler) -> tuple[dict, dict[str, torch.Tensor]]:
+    """A last.pt's training state, as `loop.Checkpoints` writes it, of a tiny model trained with `scaler`."""
+    torch.manual_seed(1)
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    state = TrainState(epochs_completed=1, best_epoch=1, best_value=0.5)
+    resume = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": None,
+              "scaler": scaler.state_dict(), "rng": [rng_state()], "train_state": asdict(state)}
+    return resume, model.state_dict()
+
+
+def restored_into(resume: dict, fp16: bool) -> tuple[Updates, nn.Module, TrainState]:
+    model = nn.Linear(3, 2)
+    updates = Updates(torch.optim.SGD(model.parameters(), lr=0.1), None, torch.amp.GradScaler("cpu", enabled=fp16), None)
+    return updates, model, restore(resume, model, updates, Dist())
+
+
+def test_resume_moves_between_a_scaled_and_an_unscaled_precision() -> None:
+    """A bf16, fp32 or CPU run saves an empty scaler state; an fp16 run (where precision=auto resolves to fp16
+    on another machine) resumed from it starts a fresh scale, and an fp16 checkpoint resumes under bf16 too."""
+    unscaled, weights = saved_training(torch.amp.GradScaler("cpu", enabled=False))
+    assert unscaled["scaler"] == {}
+    updates, model, state = restored_into(unscaled, fp16=True)
+    assert updates.scaler.is_enabled() and updates.scaler.get_scale() == torch.amp.GradScaler("cpu").get_scale() == 2.0**16
+    assert state.epochs_completed == 1 and all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
+
+    scaled, _ = saved_training(torch.amp.GradScaler("cpu", init_scale=1024.0, enabled=True))
+    updates, _, state = restored_into(scaled, fp16=False)
+    assert not updates.scaler.is_enabled() and updates.scaler.state_dict() == {} and state.best_epoch == 1
+    updates, _, _ = restored_into(scaled, fp16=True)
+    assert updates.scaler.get_scale() == 1024.0  # fp16 to fp16 keeps its scale
+
+
+@pytest.mark.parametrize(("mode", "number", "better", "worse"), [("max", 0.5, 0.7, 0.3), ("min", 0.5, 0.3, 0.7)])
+def test_a_nan_validation_score_is_never_best_over_a_number(mode: str, number: float, better: float, worse: float) -> None:
+    state = TrainState()
+    assert state.complete_epoch(1, math.nan, 1.0, mode) and state.best_epoch == 1  # nothing better yet
+    assert state.complete_epoch(2, number, 1.0, mode) and (state.best_epoch, state.best_value) == (2, number)
+    assert not state.complete_epoch(3, math.nan, 1.0, mode) and (state.best_epoch, state.best_value) == (2, number)
+    assert not state.complete_epoch(4, worse, 1.0, mode) and state.best_epoch == 2
+    assert state.complete_epoch(5, better, 1.0, mode) and state.best_epoch == 5
 
 
 @pytest.mark.parametrize(

@@ -159,3 +159,20 @@ def test_generate_on_cuda_matches_the_cpu(image_folder: Path, tmp_path: Path) ->
         assert np.array_equal(arrays["cpu"][key], arrays["cuda"][key]), key
     difference = np.abs(arrays["cpu"]["outputs"].astype(int) - arrays["cuda"]["outputs"].astype(int))
     assert difference.max() <= 2  # fp32 on both; kernels differ in the last bits, pixels by a rounding step
+
+
+def test_cross_entropy_under_deterministic_mode_on_cuda_repeats_and_matches_the_cpu() -> None:
+    """CUDA's fused NLL mean is refused under deterministic algorithms; the project's cross_entropy then takes the
+    per-pixel path, which runs, repeats bit for bit, and equals the CPU's value."""
+    from s18exp.losses import cross_entropy
+
+    torch.manual_seed(0)
+    logits, target = torch.randn(4, 3, 64, 64), torch.randint(0, 3, (4, 64, 64))
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        first, second = (cross_entropy(logits.cuda().requires_grad_(), target.cuda()) for _ in range(2))
+    finally:
+        torch.use_deterministic_algorithms(before)
+    assert torch.equal(first, second)
+    assert torch.allclose(first.cpu(), cross_entropy(logits, target), atol=1e-5)

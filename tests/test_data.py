@@ -14,6 +14,7 @@ from PIL import Image
 
 import s18exp.data.pets as pets_module
 from s18exp.data import Batches, TensorSplit
+from s18exp.data.cache import cached
 from s18exp.data.pets import PetsData, breed_of, stratified_subset
 from s18exp.errors import UserError
 
@@ -411,3 +412,28 @@ def test_unshuffled_batches_keep_the_order() -> None:
     batches = Batches(numbered_split(10), batch_size=4)
     assert len(batches) == 3
     assert epoch_orders(batches, epochs=2) == [list(range(10))] * 2
+
+
+def test_a_corrupt_cache_entry_is_built_again(tiny_pets: TinyPets, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = load(tiny_pets.root, cache=True, cache_dir=str(cache))
+    entries = sorted(cache.glob("*.pt"))
+    damaged = next(p for p in entries if "-test-" in p.name)
+    damaged.write_bytes(np.random.default_rng(0).bytes(4096))
+    assert_same(first, load(tiny_pets.root, cache=True, cache_dir=str(cache)))
+    assert sorted(cache.glob("*.pt")) == entries
+    rebuilt = torch.load(damaged, weights_only=True)
+    assert torch.equal(rebuilt["images"], first.test.images)
+
+
+def test_a_cache_file_name_stays_inside_the_cache_dir(tmp_path: Path) -> None:
+    """The label part of a cache file's name comes from the description (a data set name from a config):
+    path separators and leading dots in it cannot move the file out of the cache dir."""
+    cache_dir = tmp_path / "a" / "b" / "cache"
+    built = []
+    description = {"dataset": "../../x", "split": "train", "image_size": 32}
+    value = cached(cache_dir, description, lambda: built.append(1) or {"images": torch.arange(3)})
+    (entry,) = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert entry.parent == cache_dir and entry.name.endswith(".pt")
+    assert torch.equal(cached(cache_dir, description, lambda: {"images": torch.zeros(3)})["images"], value["images"])
+    assert built == [1]

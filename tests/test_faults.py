@@ -1,7 +1,7 @@
 """Faults injected and their outcomes asserted: SIGKILL and SIGTERM mid-run, a non-finite loss, an
-unreachable W&B host, an unwritable output dir, an interrupted sweep rerun; plus a 2-rank gloo run and
-the launcher configs. Every run here is fp32 on the CPU with one thread, so that an interrupted and
-resumed run can be compared bit for bit with an uninterrupted one."""
+unreachable W&B host, an unwritable output dir, an interrupted sweep rerun; plus 2-rank gloo runs (one with
+fewer validation items than ranks) and the launcher configs. Every run here is fp32 on the CPU with one
+thread, so that an interrupted and resumed run can be compared bit for bit with an uninterrupted one."""
 
 from __future__ import annotations
 
@@ -259,6 +259,36 @@ def test_two_rank_gloo_run_writes_once_and_matches_single_process_eval(tiny_pets
     scores = task.test(runtime.prepare_model(model), Batches(task.build_data().test, 4), runtime)
     for key, value in scores.items():
         assert summary[f"test/{key}"] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+def test_two_ranks_with_fewer_validation_items_than_ranks_finish(tiny_pets, tmp_path):
+    """data.limit_val=1 under two ranks: rank 1's validation shard is empty (no batch at all), which must not
+    leave rank 0 waiting for it; the logged score is that of the one item, as one process computes it."""
+    run_dir = tmp_path / "run"
+    args = smoke_overrides_for(tiny_pets.root, tmp_path) + [
+        f"hydra.run.dir={run_dir}", "trainer.max_epochs=2", "trainer.precision=fp32", "loss=bce", "data.limit_val=1",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(closed_port()), "-m", "s18exp", *args],
+        cwd=tmp_path, env=cli_env(tmp_path / "wandb-home"), capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["status"] == "complete"
+    assert epochs_logged(run_dir) == [1, 2]
+
+    from s18exp.checkpoint import load_checkpoint
+    from s18exp.data import Batches
+    from s18exp.runtime import Runtime
+
+    task, model, _ = load_checkpoint(run_dir / "checkpoints/last.pt", torch.device("cpu"), data_root=str(tiny_pets.root))
+    val = task.build_data().val
+    assert len(val) == 1
+    runtime = Runtime(torch.device("cpu"), "fp32", channels_last=True)
+    scores = task.evaluate(runtime.prepare_model(model), Batches(val, 4), runtime)
+    logged = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    for key, value in scores.items():
+        assert logged[f"val/{key}"] == pytest.approx(value, rel=1e-5, abs=1e-6), key
 
 
 def compose_hydra(*extra: str):

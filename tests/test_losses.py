@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from s18exp.losses import LovaszCELoss, LovaszSoftmaxLoss, OneHotBCEWithLogitsLoss, SoftDiceLoss, one_hot
+from s18exp.losses import LovaszCELoss, LovaszSoftmaxLoss, OneHotBCEWithLogitsLoss, SoftDiceLoss, cross_entropy, one_hot
 
 
 def random_case(n: int = 2, c: int = 3, h: int = 4, w: int = 5, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,3 +193,15 @@ def test_lovasz_ce_is_the_weighted_sum_of_its_terms() -> None:
     lovasz = LovaszSoftmaxLoss()(logits, target).item()
     ce = -np.mean(np.log(np.take_along_axis(softmax(logits.numpy()), target.numpy()[:, None], axis=1)))
     assert LovaszCELoss(lovasz_weight=0.5, ce_weight=2.0)(logits, target).item() == pytest.approx(0.5 * lovasz + 2.0 * ce, rel=1e-5)
+
+
+def test_cross_entropy_is_torchs_mean_over_pixels_and_items() -> None:
+    """The one cross-entropy every loss and classifier of the project uses: on a CPU exactly torch's fused mean;
+    its per-element path (taken on a GPU under trainer.deterministic=true) is the same mean, by hand."""
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 3, 5, 4), torch.randint(0, 3, (2, 5, 4))
+    assert torch.equal(cross_entropy(logits, target), F.cross_entropy(logits, target))
+    by_hand = -(F.log_softmax(logits, 1).gather(1, target[:, None])).mean()
+    assert torch.allclose(cross_entropy(logits, target), by_hand, atol=1e-6)
+    items, labels = torch.randn(7, 4), torch.randint(0, 4, (7,))
+    assert torch.equal(cross_entropy(items.bfloat16(), labels), F.cross_entropy(items.bfloat16().float(), labels))

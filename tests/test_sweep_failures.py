@@ -55,3 +55,26 @@ def test_failed_jobs_do_not_stop_the_sweep_which_exits_1_naming_them(tiny_pets: 
     assert read_run(broken_run).exit_code == 1
     assert read_run(good_run).exit_code == 0 and read_run(good_run).run_id != read_run(broken_run).run_id
 
+
+
+def test_a_failed_job_under_the_joblib_launcher_lets_the_other_finish_and_the_sweep_exits_1(tiny_pets: TinyPets, tmp_path: Path) -> None:
+    """Two jobs side by side in joblib's worker processes: data.image_size=30 is refused by the run (the
+    depth-2 UNet needs a multiple of 4), data.image_size=32 trains."""
+    sweep = tmp_path / "sweep"
+    args = ["--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *smoke_overrides_for(tiny_pets.root, tmp_path),
+            "data.image_size=30,32", f"hydra.sweep.dir={sweep}"]
+    result = subprocess.run([sys.executable, "-m", "s18exp", *args], cwd=tmp_path, env=cli_env(tmp_path / "wandb-home"),
+                            capture_output=True, text=True, timeout=400)
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count("Launching jobs") == 1 and "n_jobs=2" in result.stdout  # one batch of two worker processes
+    jobs = {}
+    for job in sorted(p for p in sweep.iterdir() if (p / ".hydra").is_dir()):
+        overrides = dict(o.split("=", 1) for o in OmegaConf.load(job / ".hydra" / "overrides.yaml"))
+        jobs[int(overrides["data.image_size"])] = job
+    failed, good = jobs[30], jobs[32]
+    assert json.loads((good / "summary.json").read_text())["status"] == "complete"
+    reason = json.loads((failed / "summary.json").read_text())
+    assert reason["status"] == "failed" and "data.image_size=30" in reason["reason"]
+    last = [line for line in result.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("error: 1 job(s) of the sweep failed: ") and failed.name in last and good.name not in last
+    assert "data.image_size=30" in last

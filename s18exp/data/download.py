@@ -49,15 +49,25 @@ def _remove_if_empty(folders: list[Path]) -> None:
             break
 
 
-def _merge(staged: Path, target: Path) -> None:
+def _merge(staged: Path, target: Path, placed: list[Path]) -> None:
     """Move every file under `staged` to the same place under `target`, creating folders as needed and
-    leaving any file that already exists there as it is."""
+    leaving any file that already exists there as it is; what it creates is appended to `placed`, in order."""
     for parent, _dirs, files in os.walk(staged):
         here = target / Path(parent).relative_to(staged)
-        here.mkdir(parents=True, exist_ok=True)
+        placed.extend(_make_folders(here)[::-1])
         for name in files:
             if not (here / name).exists():
                 os.replace(Path(parent) / name, here / name)
+                placed.append(here / name)
+
+
+def _remove_placed(placed: list[Path]) -> None:
+    """Undo `_merge`: its files, then its folders where they are empty (newest first)."""
+    for path in reversed(placed):
+        if path.is_dir():
+            _remove_if_empty([path])
+        else:
+            path.unlink(missing_ok=True)
 
 
 def short_reason(exc: BaseException) -> str:
@@ -73,23 +83,26 @@ def short_reason(exc: BaseException) -> str:
 
 def download_cleanly(download: Callable[[Path], object], open_local: Callable[[], T | None], root: Path, touches: tuple[str, ...]) -> T:
     """`download(staging)` with a socket timeout, into a staging folder inside `root`; then the sub-folders it
-    wrote (`touches`) merged into `root` and the data opened from there with `open_local()`. When it fails,
-    DownloadFailed with the cause, after removing the staging folder and the folders it created for `root`."""
+    wrote (`touches`) merged into `root` and the data opened from there with `open_local()`. When anything
+    fails, DownloadFailed with the cause, after removing the staging folder, the files and folders the merge
+    placed, and the folders it created for `root`."""
     created = _make_folders(root)
     staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=root))
+    placed: list[Path] = []
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
         download(staging)
         for name in touches:
             if (staging / name).is_dir():
-                _merge(staging / name, root / name)
+                _merge(staging / name, root / name, placed)
         found = open_local()
         if found is None:
             raise DownloadFailed("the downloaded files do not have the expected layout")
         return found
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
+        _remove_placed(placed)
         _remove_if_empty(created)
         if not isinstance(exc, Exception) or isinstance(exc, DownloadFailed):
             raise

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageDraw
@@ -32,6 +31,7 @@ from s18exp.atomic_files import atomic_save_image
 from s18exp.distributed import all_reduce_sum
 from s18exp.runtime import Runtime, unwrap
 from s18exp.judge_training import blur_half, judge_for
+from s18exp.losses import cross_entropy
 from s18exp.models.judge import classify
 from s18exp.models.vae import BernoulliLikelihood, GaussianLikelihood, check_condition, gaussian_kl
 from s18exp.pictures import captioned_grid, font, side_by_side, titled, to_pil
@@ -271,7 +271,7 @@ class VAETask:
             given = other_labels(labels, self.num_classes, None)
             seen = blur_half(x, self.guide_blur, None)
             logits, mu, logvar, on_real, on_drawn = model(x, labels, encoder_labels, prior_rows, seen, given)
-            guide_term = F.cross_entropy(on_real.float(), labels) + self.guide_weight * F.cross_entropy(on_drawn.float(), given)
+            guide_term = cross_entropy(on_real, labels) + self.guide_weight * cross_entropy(on_drawn, given)
         return (self.likelihood(logits, x) + self.beta_at(progress) * gaussian_kl(mu, logvar)).mean() + guide_term
 
     @torch.no_grad()
