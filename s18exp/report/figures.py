@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 from s18exp.atomic_files import atomic_write_bytes
 from s18exp.pictures import legend, with_legend
 from s18exp.report.collect import Run
+from s18exp.report.stats import NO_DIFFERENCE
 from s18exp.report.table import Cell, Row, Section
 
 DPI = 100
@@ -158,6 +159,35 @@ def time_to_quality(section: Section, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def forest(section: Section, path: Path) -> Path | None:
+    """Each row's difference to the baseline in every headline metric, with its 95% interval: one panel per
+    metric, one line per row; filled dots where the difference is detected, hollow where not, crosses where it
+    is not measurable (a single seed)."""
+    panels = [(label, section.stats.forest.get(key, [])) for key, label, _ in section.stats.compared]
+    panels = [(label, found) for label, found in panels if found]
+    if not panels:
+        return None
+    tall = max(len(found) for _, found in panels)
+    fig = Figure(figsize=(5.2 * len(panels), 1.2 + 0.45 * tall))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (label, found) in zip(axes, panels):
+        for y, comparison in enumerate(reversed(found)):
+            difference = comparison.difference
+            if difference.ci is not None:
+                ax.plot(difference.ci, [y, y], color="tab:blue", linewidth=1.6)
+            detected = difference.verdict != NO_DIFFERENCE
+            marker = "x" if difference.ci is None else "o"
+            ax.plot([difference.diff], [y], marker, color="tab:blue", markersize=6,
+                    markerfacecolor="tab:blue" if detected or marker == "x" else "white")
+        ax.axvline(0.0, color="black", linewidth=0.8)
+        ax.set_yticks(range(len(found)), [c.a for c in reversed(found)], fontsize=7)
+        ax.set_ylim(-0.7, len(found) - 0.3)
+        ax.set_xlabel(f"{label}: row minus {section.stats.baseline}")
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(f"{section.spec.title}: difference to {section.stats.baseline}, 95% interval", fontsize=10)
+    return _save(fig, path)
+
+
 def bars(section: Section, path: Path) -> Path | None:
     """Grouped bars: one group per score (e.g. IoU per class), one bar per combo, error bar = std over seeds."""
     keys = section.spec.bar_keys
@@ -189,10 +219,12 @@ def pictures(section: Section, path: Path) -> Path | None:
     image | ground truth | prediction), those are shown once, followed by the other columns of each combo.
     """
     name = section.spec.picture
+    if Path(name).name != name or name in ("", ".", ".."):  # a file of the run dir itself, nothing elsewhere
+        return None
     chosen: list[tuple[str, Image.Image]] = []
     for row in section.rows:
         for run in row.runs:  # sorted by seed
-            file = run.path / name if name else None
+            file = run.path / name
             if file is not None and file.is_file():
                 try:
                     image = without_legend(Image.open(file).convert("RGB"), section.spec.picture_legend)

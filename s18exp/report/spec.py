@@ -23,6 +23,37 @@ class Column:
     kind: str = "score"  # score (3 decimals) | epoch | seconds | count
 
 
+# How an ItemMetric recomputes a summary score from the per-item arrays of test_items.npz (s18exp/test_items.py):
+#   miou      the mean over classes of IoU from the summed (N, C, C) confusion counts of the items, a class absent
+#             from both truth and prediction left out (as s18exp.metrics.segmentation_scores)
+#   mean      the mean of an (N,) array of booleans or numbers, or of one named column of an (N, R) array
+#   min_mean  the smallest of the column means of the named columns of an (N, R) array
+ITEM_STATS = ("miou", "mean", "min_mean")
+
+
+@dataclass(frozen=True)
+class ItemMetric:
+    """A summary score that test_items.npz can recompute for any subset of the test items: the report's
+    statistics resample the items through it."""
+
+    key: str  # the summary.json key it reproduces, e.g. test/miou
+    label: str
+    better: str  # "max" or "min"
+    stat: str  # one of ITEM_STATS
+    array: str  # the test_items.npz array it reads
+    columns: tuple[str, ...] = ()  # of a 2-D array: the columns it uses, by name (mean: one; min_mean: one or more)
+    column_names: str = ""  # the test_items.npz array that names a 2-D array's columns, e.g. readers
+
+    def __post_init__(self) -> None:
+        if self.stat not in ITEM_STATS:
+            raise ValueError(f"item metric {self.key}: stat {self.stat!r} is not one of {', '.join(ITEM_STATS)}")
+        if self.better not in ("max", "min"):
+            raise ValueError(f"item metric {self.key}: better {self.better!r} is not max or min")
+        allowed = {"miou": (0,), "mean": (0, 1), "min_mean": range(1, 1 << 16)}[self.stat]
+        if len(self.columns) not in allowed or bool(self.columns) != bool(self.column_names):
+            raise ValueError(f"item metric {self.key}: {len(self.columns)} named columns do not suit {self.stat}, or their names' array is missing")
+
+
 @dataclass(frozen=True)
 class Curve:
     key: str  # key in metrics.jsonl
@@ -59,6 +90,11 @@ class TaskSpec:
     # Classes whose colours the picture's legend names (s18exp.pictures.with_legend); the report takes it off
     # each run's picture before splitting it into columns and draws it once under the figure.
     picture_legend: tuple[str, ...] = ()
+    # The summary scores that the run's test_items.npz recomputes; the first is the task's headline. The report's
+    # intervals and verdicts come from them (an empty tuple: from the seeds alone, for `required`).
+    item_metrics: tuple[ItemMetric, ...] = ()
+    # (label, config key) of the settings that the line above the task's table names when every run shares them.
+    settings: tuple[tuple[str, str], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         """The spec as plain JSON values, for summary.json."""
@@ -67,7 +103,7 @@ class TaskSpec:
     @classmethod
     def from_dict(cls, block: dict[str, Any]) -> TaskSpec:
         """The spec that `as_dict` wrote (JSON has turned its tuples into lists); a KeyError, TypeError or
-        ValueError when `block` is not one."""
+        ValueError when `block` is not one. Specs written before a field existed get its default."""
         time_curve = block.get("time_curve")
         return cls(
             name=str(block["name"]),
@@ -91,6 +127,10 @@ class TaskSpec:
             notes=tuple(block.get("notes", ())),
             time_curve=Curve(**time_curve) if time_curve is not None else None,
             picture_legend=tuple(block.get("picture_legend", ())),
+            item_metrics=tuple(
+                ItemMetric(**{**metric, "columns": tuple(metric.get("columns", ()))}) for metric in block.get("item_metrics", ())
+            ),
+            settings=_pairs(block.get("settings", ())),
         )
 
 
