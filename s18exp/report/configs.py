@@ -25,6 +25,12 @@ MISSING = object()
 class Config:
     values: dict[str, Any]  # the plain values, plain interpolations resolved
     derived: frozenset[str]  # dotted keys whose value is an interpolation of other keys, nothing of their own
+    raw: dict[str, Any]  # the plain values as written, interpolations unresolved
+
+    def references(self, key: str) -> list[str]:
+        """The keys that the value of `key` interpolates, as written (`combo: ${encoder.tag}_...`)."""
+        value = lookup(self.raw, key)
+        return PLAIN_REFERENCE.findall(value) if isinstance(value, str) else []
 
 
 def read(file: Path) -> tuple[Config | None, str | None]:
@@ -40,7 +46,7 @@ def read(file: Path) -> tuple[Config | None, str | None]:
     values = resolve_plain(raw, raw)
     resolved = flatten(values)
     derived = frozenset(key for key, value in flatten(raw).items() if isinstance(value, str) and "${" in value and resolved.get(key) != value)
-    return Config(values, derived), None
+    return Config(values, derived, raw), None
 
 
 def read_list(file: Path) -> tuple[list[Any] | None, str | None]:

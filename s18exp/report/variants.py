@@ -14,7 +14,8 @@ The label of a row names what sets it apart: `key=value` for each differing key 
 runs' combos differ (mp_tr_bce, mp_tr_dice, ...), the row starts with its combo, and the keys of a config group
 that the combo chose (the group's option, from Hydra's choices, is the same for every run of a combo, and the
 key's value is the same for every run of that option: encoder.*, decoder.*, loss.* of the four combos) are
-left to the combo's name. So a plain sweep over combos keeps its combo names as labels.
+left to the combo's name, as are the keys the combo's own value interpolates; without Hydra's choices, a
+summary's identity field of the group's name stands in. So a plain sweep over combos keeps its combo names as labels.
 
 The settings line above a table names what every run shares: the settings the task lists (TaskSpec
 `settings`), then the other command-line overrides every run was given; values that differ are in the rows.
@@ -130,14 +131,16 @@ def _function_of(inputs: list[str], outputs: list[str]) -> bool:
 
 
 def _chosen_with_combo(runs: list[Run], keys: list[str]) -> set[str]:
-    """The keys that the combo's name already says: those of a config group whose option differs between
-    runs, goes with the combo, and sets the key."""
+    """The keys that the combo's name already says: those its config value interpolates (`combo:
+    vae_${data.name}_${model.condition}_...`), and those of a config group whose option differs between runs,
+    goes with the combo, and sets the key. The option is Hydra's choice, else (a run without
+    .hydra/hydra.yaml) the identity field of that name in its summary (encoder, decoder, loss)."""
     combos = [str(run.identity.get("combo")) for run in runs]
     flats = [_flat(run) for run in runs]
-    said: set[str] = set()
+    said = set.intersection(*(set(run.config.references("combo")) for run in runs if run.config is not None))
     for key in keys:
         group = key.split(".", 1)[0]
-        options = [value_text(run.choices.get(group, MISSING)) for run in runs]
+        options = [value_text(run.choices.get(group, run.identity.get(group, MISSING))) for run in runs]
         values = [value_text(flat.get(key, MISSING)) for flat in flats]
         if UNSET not in options and len(set(options)) > 1 and _function_of(combos, options) and _function_of(options, values):
             said.add(key)
