@@ -89,17 +89,7 @@ def make_report(
     for search in searches:
         if search.problem is None:
             search.figure = _draw(console, srch.draw_objective, search, out, figure_name(f"search-{search.study_name}", "objective"))
-    drawn: dict[str, Figures] = {}
-    for section in sections:
-        drawn[section.task] = Figures(
-            **{
-                field: _draw(console, draw, section, out, figure_name(section.task, what))
-                for field, draw, what in (
-                    ("curves", figs.curves, "curves"), ("time_to_quality", figs.time_to_quality, "time-to-quality"),
-                    ("bars", figs.bars, "bars"), ("pictures", figs.pictures, "pictures"), ("forest", figs.forest, "forest"),
-                )
-            }
-        )
+    drawn = {section.task: _figures(console, section, out) for section in sections}
     generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     doc = Document(f"Run comparison: {root.name}", root, generated, sections, drawn, searches)
     _write(doc, out)  # the local report first: whatever happens with W&B, it is on disk
@@ -120,6 +110,15 @@ def make_report(
             code = WANDB_FAILED
     console.print(f"report: {escape(str(out / REPORT_MD))}, {escape(str(out / REPORT_HTML))} and {escape(str(out / REPORT_JSON))}")
     return code
+
+
+def _figures(console: Console, section: Section, out: Path) -> Figures:
+    """Every figure of a section, drawn into `out`."""
+    kinds = (
+        ("curves", figs.curves, "curves"), ("time_to_quality", figs.time_to_quality, "time-to-quality"), ("bars", figs.bars, "bars"),
+        ("pictures", figs.pictures, "pictures"), ("forest", figs.forest, "forest"),
+    )
+    return Figures(**{field: _draw(console, draw, section, out, figure_name(section.task, what)) for field, draw, what in kinds})
 
 
 def _draw(console: Console, draw: Callable[[Any, Path], Path | None], part: Section | srch.Search, out: Path, name: str) -> Path | None:

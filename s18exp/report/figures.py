@@ -77,7 +77,7 @@ def _series(row: Row, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
 
 
 def curves(section: Section, path: Path) -> Path | None:
-    """One panel per curve group of the task; one line per combo (mean over seeds) and a min-max band."""
+    """One panel per curve group of the task; one line per row (mean over seeds) and a min-max band."""
     panels = section.spec.curve_panels
     if not section.rows or not any(run.metrics for run in section.complete_runs):
         return None
@@ -131,7 +131,7 @@ def _timed_series(run: Run, key: str) -> tuple[list[float], list[float]]:
 
 def time_to_quality(section: Section, path: Path) -> Path | None:
     """The task's `time_curve` metric against cumulative training seconds: one thin line per run, coloured by
-    combo. Runs are not averaged over seeds: their epochs end at different times, and a mean would need an
+    row. Runs are not averaged over seeds: their epochs end at different times, and a mean would need an
     interpolation the reader cannot see."""
     curve = section.spec.time_curve
     if curve is None or not section.rows:
@@ -148,14 +148,14 @@ def time_to_quality(section: Section, path: Path) -> Path | None:
             drawn = True
             marker = "o" if len(seconds) <= 30 else None  # a run of one epoch is still visible
             ax.plot(seconds, values, color=colour, label=label, linewidth=1.0, alpha=0.8, marker=marker, markersize=2.5)
-            label = None  # one legend entry per combo
+            label = None  # one legend entry per row
     if not drawn:
         return None
     ax.set_xlabel("training seconds (cumulative epoch_seconds, validation left out)")
     ax.set_ylabel(curve.label)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    ax.set_title(f"{curve.label} against training time: one line per run, colour = combo", fontsize=10)
+    ax.set_title(f"{curve.label} against training time: one line per run, colour = row", fontsize=10)
     return _save(fig, path)
 
 
@@ -189,7 +189,7 @@ def forest(section: Section, path: Path) -> Path | None:
 
 
 def bars(section: Section, path: Path) -> Path | None:
-    """Grouped bars: one group per score (e.g. IoU per class), one bar per combo, error bar = std over seeds."""
+    """Grouped bars: one group per score (e.g. IoU per class), one bar per row, error bar = std over seeds."""
     keys = section.spec.bar_keys
     if not keys or not section.rows:
         return None
@@ -213,10 +213,11 @@ def bars(section: Section, path: Path) -> Path | None:
 
 
 def pictures(section: Section, path: Path) -> Path | None:
-    """Each combo's own picture (predictions.png / wrong_labels.png) of its lowest seed, side by side, titled.
+    """Each row's own picture (predictions.png / wrong_labels.png) of its lowest seed, side by side, titled.
 
     When the picture is a grid of equal columns whose leading ones are the same in every run (the UNet's
-    image | ground truth | prediction), those are shown once, followed by the other columns of each combo.
+    image | ground truth | prediction), those are shown once, followed by the other columns of each row. The
+    picture's name comes from a summary.json: only a plain file name of the run dir is read.
     """
     name = section.spec.picture
     if Path(name).name != name or name in ("", ".", ".."):  # a file of the run dir itself, nothing elsewhere

@@ -72,15 +72,15 @@ class CurvePanel:
 class TaskSpec:
     name: str
     title: str
-    identity: tuple[str, ...]  # the fields that make a combo (one table row)
+    identity: tuple[str, ...]  # the fields that make a combo: the table's columns beside a row's label
     required: str  # a summary key without which a run is not complete
     columns: tuple[Column, ...]  # the task's own; every section ends with COMMON_TAIL
     curve_panels: tuple[CurvePanel, ...]
     bars_title: str
     bar_keys: tuple[tuple[str, str], ...]  # (summary key, label) of the bar chart
-    picture: str  # the run's picture shown side by side, one seed per combo
+    picture: str  # the run's picture (a file of the run dir) shown side by side, one seed per row
     picture_columns: int  # columns of equal width in that picture (0: show it whole)
-    picture_shared: int  # leading columns that are the same for every run (shown once); the rest per combo
+    picture_shared: int  # leading columns that are the same for every run (shown once); the rest per row
     picture_scores: tuple[tuple[str, str], ...]  # (summary key, short label) written above each picture
     wandb_lines: tuple[tuple[str, tuple[str, ...]], ...]  # (title, metric keys) of W&B line plots
     wandb_bars: tuple[tuple[str, tuple[str, ...]], ...]  # (title, summary keys) of W&B bar plots
@@ -162,7 +162,7 @@ COMMON_TAIL = (
 
 
 def generic_spec(task: str) -> TaskSpec:
-    """The section of a task whose runs carry no TaskSpec: rows by combo, columns filled in from the summaries."""
+    """The section of a task whose runs carry no TaskSpec: columns filled in from the summaries."""
     return TaskSpec(
         name=task, title=f"task {task}", identity=("combo",), required="", columns=(),
         curve_panels=(CurvePanel("loss (train solid, val dashed)", (Curve("train/loss", "train"), Curve("val/loss", "val", "--"))),),

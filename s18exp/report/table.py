@@ -56,10 +56,6 @@ class Row:
     cells: dict[str, Cell] = field(default_factory=dict)
     settings: dict[str, str] = field(default_factory=dict)  # the differing config keys -> this row's values
 
-    @property
-    def seeds(self) -> list[Any]:
-        return [r.identity.get("seed") for r in self.runs]
-
 
 @dataclass
 class Section:
