@@ -15,12 +15,26 @@ from typing import Any
 SUMMARY_BLOCK = "report"  # the key of summary.json that holds the run's TaskSpec
 
 
+KINDS = ("score", "epoch", "seconds", "count")
+
+
 @dataclass(frozen=True)
 class Column:
     key: str  # key in summary.json
     label: str
     better: str | None  # "max", "min" or None (not ranked)
     kind: str = "score"  # score (3 decimals) | epoch | seconds | count
+
+    def __post_init__(self) -> None:  # a spec read from a summary.json is checked like any foreign data
+        _texts(self.key, self.label)
+        if self.better not in (None, "max", "min") or self.kind not in KINDS:
+            raise ValueError(f"column {self.key}: better {self.better!r} or kind {self.kind!r} is unknown")
+
+
+def _texts(*values: object) -> None:
+    """A TypeError unless every value is a string."""
+    if not all(isinstance(value, str) for value in values):
+        raise TypeError(f"expected strings, got {[type(value).__name__ for value in values]}")
 
 
 # How an ItemMetric recomputes a summary score from the per-item arrays of test_items.npz (s18exp/test_items.py):
@@ -45,6 +59,7 @@ class ItemMetric:
     column_names: str = ""  # the test_items.npz array that names a 2-D array's columns, e.g. readers
 
     def __post_init__(self) -> None:
+        _texts(self.key, self.label, self.array, self.column_names, *self.columns)
         if self.stat not in ITEM_STATS:
             raise ValueError(f"item metric {self.key}: stat {self.stat!r} is not one of {', '.join(ITEM_STATS)}")
         if self.better not in ("max", "min"):

@@ -62,7 +62,7 @@ def value_text(value: Any) -> str:
         return "[" + ",".join(value_text(v) for v in value) + "]"
     if isinstance(value, dict):
         return json.dumps(value, sort_keys=True, default=str)
-    return str(value)
+    return " ".join(str(value).splitlines())  # one line, whatever a foreign config holds
 
 
 def _flat(run: Run) -> dict[str, Any]:
