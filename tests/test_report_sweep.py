@@ -6,6 +6,7 @@ and report.json holding them."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -103,3 +104,21 @@ def test_a_baseline_makes_it_b_of_every_comparison_and_an_unknown_one_is_refused
     assert not (tmp_path / "none").exists()
     with pytest.raises(SystemExit):
         main([str(sweep), "--min-effect", "0"])
+
+
+def test_runs_without_usable_test_items_are_compared_from_their_seeds_and_the_report_says_why(sweep: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy, ignore=shutil.ignore_patterns("wandb", "checkpoints"))
+    first, second, *_ = run_dirs(copy)
+    (first / test_items.TEST_ITEMS).unlink()  # an older run
+    items = test_items.load(second / test_items.TEST_ITEMS)
+    items["confusion"][0, 0, 0] += 1000  # a file that does not give the run's own score
+    test_items.save(second / test_items.TEST_ITEMS, items)
+    assert main([str(copy)]) == 0
+    (section,) = json.loads((copy / "report.json").read_text())["sections"]
+    (comparison,) = section["comparisons"]
+    assert comparison["method"] == "seeds only" and section["rows"][0]["metrics"]["test/miou"]["method"] == "seeds only"
+    assert section["rows"][1]["metrics"]["test/miou"]["method"] == "seeds and test items"
+    notes = " ".join(section["notes"])
+    assert "no test_items.npz" in notes and "test_items.npz gives test/miou" in notes
+    assert "mp_tr_dicece-s0" in notes and "mp_tr_dicece-s1" in notes

@@ -11,6 +11,7 @@ LEGEND = (
     "other row is detected (its interval of the difference excludes 0 against each); no bold where none is."
 )
 HEAD = ["metric", "A", "B", "A − B", "95% CI", "P(A beats B)", "verdict", f"seeds per row for {stats.POWER:.0%} power"]
+NUMERIC = range(3, 6)  # the columns of HEAD that hold numbers
 
 
 def rows(section: Section) -> list[list[str]]:

@@ -50,7 +50,7 @@ class SectionStats:
     against_baseline: bool = False
     min_effect: float = stats.MIN_EFFECT
     compared: tuple[tuple[str, str, str], ...] = ()  # (key, label, better) of the headline metrics
-    items: dict[str, int] = field(default_factory=dict)  # headline key -> paired test items (0: seeds only)
+    items: dict[str, int] = field(default_factory=dict)  # metric key -> paired test items (0: from the seeds alone)
     notes: list[str] = field(default_factory=list)
 
 
@@ -101,7 +101,7 @@ def _item_samples(metric: ItemMetric, rows: list[list[Run]], notes: list[str]) -
         usable[id(run)] = features[order]
     for problem, names in unusable.items():
         shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
-        notes.append(f"{metric.label}: seeds only for the rows of {shown} ({problem})")
+        notes.append(f"{metric.label}: from the seeds alone for the rows of {shown} ({problem})")
     if not usable:
         return _seed_samples(rows, metric.key), 0
     ids = list(usable)
@@ -143,10 +143,11 @@ def section_stats(
     result.compared = tuple((m.key, m.label, m.better) for m in item_metrics) or tuple(
         (c.key, c.label, c.better) for c in columns if c.key == required and c.better is not None
     )
-    for key, _, _ in result.compared:
-        result.items.setdefault(key, 0)
+    for key in [key for key, _, _ in result.compared] + [column.key for column in columns]:
+        if key not in samples:
+            samples[key], result.items[key] = _seed_samples(rows, key), 0
     for column in columns:
-        column_samples = samples.setdefault(column.key, _seed_samples(rows, column.key))
+        column_samples = samples[column.key]
         result.estimates[column.key] = [_estimate(s) for s in column_samples]
         leader = _leader(column_samples, column.better) if column.better is not None else None
         if leader is not None:
@@ -157,7 +158,7 @@ def section_stats(
     result.against_baseline = given is not None
     pairs = [(i, base) for i in range(len(labels)) if i != base] if given is not None else list(combinations(range(len(labels)), 2))
     for key, label, better in result.compared:
-        found = samples.setdefault(key, _seed_samples(rows, key))
+        found = samples[key]
         for i, j in pairs:
             difference = stats.compare(found[i], found[j], better)
             seeds, note = None, ""

@@ -88,7 +88,7 @@ def comparisons_markdown(section: Section) -> list[str]:
     if not lines:
         return []
     head = comparison_text.HEAD
-    table = ["| " + " | ".join(head) + " |", "|---|---|---|---:|---:|---:|---|---|"]
+    table = ["| " + " | ".join(head) + " |", "|" + "|".join("---:" if i in comparison_text.NUMERIC else "---" for i in range(len(head))) + "|"]
     table += ["| " + " | ".join(map(_md_escape, line)) + " |" for line in lines]
     return ["\n".join(table), " ".join(comparison_text.notes(section))]
 
@@ -274,13 +274,12 @@ def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def _html_rows(head: list[str], lines: list[list[tuple[str, bool]]], numeric_from: int, numeric_to: int | None = None) -> str:
+def _html_rows(head: list[str], lines: list[list[tuple[str, bool]]], numeric: range) -> str:
     out = ["<table>", "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
     for line in lines:
         tds = []
         for i, (text, best) in enumerate(line):
-            numeric = numeric_from <= i < (numeric_to if numeric_to is not None else len(line))
-            classes = " ".join(c for c in ("num" if numeric else "", "best" if best else "") if c)
+            classes = " ".join(c for c in ("num" if i in numeric else "", "best" if best else "") if c)
             attr = f' class="{classes}"' if classes else ""
             tds.append(f"<td{attr}>{html.escape(text)}</td>")
         out.append("<tr>" + "".join(tds) + "</tr>")
@@ -293,14 +292,14 @@ def html_table(section: Section) -> str:
         return "<p>No complete run of this task.</p>"
     head = header(section)
     numeric_from = len(head) - metric_columns(section) - 1  # n and the metric columns are numbers
-    return _html_rows(head, [cells(section, row) for row in section.rows], numeric_from)
+    return _html_rows(head, [cells(section, row) for row in section.rows], range(numeric_from, len(head)))
 
 
 def comparisons_html(section: Section) -> list[str]:
     lines = comparison_text.rows(section)
     if not lines:
         return []
-    table = _html_rows(comparison_text.HEAD, [[(text, False) for text in line] for line in lines], 3, 6)
+    table = _html_rows(comparison_text.HEAD, [[(text, False) for text in line] for line in lines], comparison_text.NUMERIC)
     return [table, f"<p class=note>{html.escape(' '.join(comparison_text.notes(section)))}</p>"]
 
 
@@ -367,7 +366,7 @@ def print_comparisons(section: Section, console: Console) -> None:
         return
     table = Table(title="Comparisons", caption=" ".join(comparison_text.notes(section)), title_justify="left", caption_justify="left")
     for i, name in enumerate(comparison_text.HEAD):
-        table.add_column(name, justify="right" if 3 <= i < 6 else "left", overflow="fold")
+        table.add_column(name, justify="right" if i in comparison_text.NUMERIC else "left", overflow="fold")
     for line in lines:
         table.add_row(*map(escape, line))
     console.print(table)
