@@ -84,8 +84,8 @@ def varying_keys(runs: list[Run]) -> list[str]:
 
 
 def variants(runs: list[Run], spec: TaskSpec) -> tuple[list[Variant], list[str]]:
-    """The rows of `runs` (in order of first appearance) and the keys they differ in. Runs without a readable
-    config are grouped by the task's identity fields instead, as their summaries name them."""
+    """The rows of `runs` (in order of first appearance) and the keys they differ in. When any run lacks a
+    readable config, the rows are the combos instead (the task's identity fields, as the summaries name them)."""
     if any(run.config is None for run in runs):
         return _by_identity(runs, spec), []
     keys = varying_keys(runs)
