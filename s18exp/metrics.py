@@ -19,12 +19,18 @@ class ConfusionMatrix:
 
     def update(self, predicted: torch.Tensor, target: torch.Tensor) -> None:
         """Add a batch of predicted and true class indices of the same shape."""
-        pairs = target.reshape(-1).long() * self.num_classes + predicted.reshape(-1).long()
-        self.counts += torch.bincount(pairs, minlength=self.num_classes**2)
+        self.counts += pair_counts(predicted, target, self.num_classes)
 
     def matrix(self) -> torch.Tensor:
         """(true, predicted) counts as a C x C CPU tensor."""
         return self.counts.view(self.num_classes, self.num_classes).cpu()
+
+
+def pair_counts(predicted: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The (true, predicted) counts of predicted and true class indices of the same shape, flattened: C * C
+    int64 counts, entry `true * C + predicted` (a C x C matrix after `.view(C, C)`)."""
+    pairs = target.reshape(-1).long() * num_classes + predicted.reshape(-1).long()
+    return torch.bincount(pairs, minlength=num_classes**2)
 
 
 def segmentation_scores(matrix: torch.Tensor, class_names: list[str]) -> dict[str, float]:

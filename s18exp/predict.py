@@ -20,8 +20,10 @@ took how long.
 
 `truth=DIR` scores the predictions against trimaps `DIR/<stem>.png` (the data set's 1/2/3 coding, at the
 image's own resolution): one confusion matrix over every pixel of every scored image, the same metrics as a
-run's test split (mIoU, Dice, pixel accuracy, IoU per class), printed and written to `OUTPUT/scores.json`.
-Images without a trimap are predicted but not scored; a folder with no matching trimap at all is an error.
+run's test split (mIoU, Dice, pixel accuracy, IoU per class), printed and written to `OUTPUT/scores.json`,
+and each scored image's own counts to `OUTPUT/test_items.npz` in the format of a run's (s18exp/test_items.py:
+`names` the image file names, `confusion` (N, C, C) summing to the scores' matrix, `class_names`). Images
+without a trimap are predicted but not scored; a folder with no matching trimap at all is an error.
 """
 
 from __future__ import annotations
@@ -36,13 +38,13 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from s18exp import cli, console
+from s18exp import cli, console, test_items
 from s18exp.atomic_files import atomic_save_image, atomic_write_json
 from s18exp.checkpoint import load_checkpoint
 from s18exp.data.pets import CLASS_SCHEMES, MASK_FILE_VALUES
 from s18exp.errors import UserError
 from s18exp.runtime import Runtime
-from s18exp.metrics import ConfusionMatrix, segmentation_scores
+from s18exp.metrics import pair_counts, segmentation_scores
 from s18exp.pictures import overlay
 from s18exp.tasks.segmentation import SegmentationTask, scales_text, tta_mode, tta_scales, upsampled_classes
 
@@ -188,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     size = int(cfg.data.image_size)
     per_batch = batch_size(args["batch_size"], int(OmegaConf.select(cfg, "trainer.eval_batch_size", default=8)))
     values = np.array(MASK_FILE_VALUES[cfg.data.classes], dtype=np.uint8)
-    confusion = ConfusionMatrix(len(task.class_names))
+    classes = len(task.class_names)
+    scored: dict[str, torch.Tensor] = {}  # image file name -> its (true, predicted) counts, in the order scored
     output.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     batches = [files[i : i + per_batch] for i in range(0, len(files), per_batch)]
@@ -196,9 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     # While torch computes a batch's logits, one thread reads and resizes the next batch and another
     # upsamples and writes the previous one.
     def score(paths: list[Path], finishing: Future) -> None:
-        for path, classes in zip(paths, finishing.result()):
+        for path, predicted in zip(paths, finishing.result()):
             if path in truths:
-                confusion.update(torch.from_numpy(classes), torch.from_numpy(read_truth(truths[path], cfg.data.classes)))
+                truth = torch.from_numpy(read_truth(truths[path], cfg.data.classes))
+                scored[path.name] = pair_counts(torch.from_numpy(predicted), truth, classes)
 
     with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer, console.Progress("predict", len(files), style) as progress:
         next_batch = reader.submit(read_batch, batches[0], size)
@@ -221,7 +225,11 @@ def main(argv: list[str] | None = None) -> int:
         f"({len(files) / max(seconds, 1e-9):.1f} images/s, {device} {precision}, batches of {per_batch}, tta={tta}, {scales_text(scales)})"
     )
     if truths:
-        scores = segmentation_scores(confusion.matrix(), task.class_names)
+        per_image = torch.stack(list(scored.values())).view(-1, classes, classes)
+        scores = segmentation_scores(per_image.sum(0), task.class_names)
+        test_items.save(output / test_items.TEST_ITEMS, {
+            "names": np.array(list(scored), dtype=str), "confusion": per_image.numpy(), "class_names": np.array(task.class_names, dtype=str),
+        })
         atomic_write_json({"images_scored": len(truths), "tta": tta, "tta_scales": list(scales), **scores}, output / "scores.json")
         console.show_metrics(f"scores of {len(truths)} images against {args['truth']}", scores)
     return 0

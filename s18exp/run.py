@@ -23,7 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from s18exp import console, distributed
+from s18exp import console, distributed, test_items
 from s18exp.checkpoint import read_checkpoint
 from s18exp.config import validate
 from s18exp.data import Batches
@@ -317,10 +317,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         tested = read_checkpoint(weights_file)
         model.load_state_dict(tested["model"])
         test_epoch = tested["epoch"]
-        test_scores = task.test(model, test, runtime)
+        tested_split = task.test(model, test, runtime)
+        if dist.is_main and tested_split.items:  # before summary.json, which marks the run complete
+            test_items.save(run_dir / test_items.TEST_ITEMS, tested_split.items)
         extra = task.finalize(model, data, runtime, run_dir, tracker) if dist.is_main else {}
         summary = {
-            **{f"test/{k}": v for k, v in test_scores.items()},
+            **{f"test/{k}": v for k, v in tested_split.scores.items()},
             **extra,
             "test_weights": cfg.eval.weights,
             "test_epoch": test_epoch,

@@ -85,7 +85,7 @@ def finished_run(tiny_pets: TinyPets, tmp_path_factory: pytest.TempPathFactory) 
 def test_run_dir_holds_every_file(finished_run: Path) -> None:
     for relative in (
         ".hydra/config.yaml", "metrics.jsonl", "summary.json", "checkpoints/last.pt", "checkpoints/best.pt",
-        "predictions.png", "s18exp.log",
+        "predictions.png", "s18exp.log", "test_items.npz",
     ):
         assert (finished_run / relative).is_file(), relative
     assert (finished_run / "wandb").is_dir()

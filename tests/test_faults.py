@@ -14,11 +14,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
 from conftest import cli_env, smoke_overrides_for
+from s18exp import test_items
 from s18exp.paths import CONFIG_DIR
 from wandb_offline import offline_runs, read_run
 
@@ -256,9 +258,13 @@ def test_two_rank_gloo_run_writes_once_and_matches_single_process_eval(tiny_pets
     model = task.build_model()
     model.load_state_dict(best["model"])
     runtime = Runtime(torch.device("cpu"), "fp32", channels_last=True)
-    scores = task.test(runtime.prepare_model(model), Batches(task.build_data().test, 4), runtime)
-    for key, value in scores.items():
+    tested = task.test(runtime.prepare_model(model), Batches(task.build_data().test, 4), runtime)
+    for key, value in tested.scores.items():
         assert summary[f"test/{key}"] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    # each rank counted its own images into test_items.npz: together, every image once, as one process counts them
+    written = test_items.load(run_dir / test_items.TEST_ITEMS)
+    assert list(written["names"]) == list(tested.items["names"])
+    np.testing.assert_array_equal(written["confusion"], tested.items["confusion"])
 
 
 def test_two_ranks_with_fewer_validation_items_than_ranks_finish(tiny_pets, tmp_path):

@@ -66,7 +66,7 @@ def write_config(run: Path, combo: str, seed: int, sweep_dir: Path, task: str = 
     hydra_dir.mkdir(parents=True)
     config = {
         "seed": seed,
-        "combo": "${encoder.tag}_${decoder.tag}_${loss.tag}" if task == "unet" else combo,
+        "combo": "${encoder.tag}_${decoder.tag}_${loss.tag}" if task == "unet" else "vae_${data.name}_${model.condition}_${encoder.tag}_${decoder.tag}",
         "run_name": "${combo}-s${seed}",
         "encoder": {"name": enc, "tag": etag},
         "decoder": {"name": dec, "tag": dtag},
@@ -214,23 +214,48 @@ def test_means_stds_and_n_match_an_independent_calculation(sweep: Path) -> None:
                 assert np.isnan(cell.std)
 
 
-def test_markdown_table_shows_mean_std_n_and_marks_the_best(sweep: Path) -> None:
+def test_markdown_table_shows_mean_std_n_and_bolds_no_lead_it_cannot_detect(sweep: Path) -> None:
     code, printed = report(sweep)
     assert code == 0
     md = (sweep / "report.md").read_text()
     rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ") and "---" not in line}
     bce, dice, ups = rows["mp_tr_bce"], rows["mp_tr_dice"], rows["strconv_ups_dice"]
-    # mIoU 0.6, 0.7, 0.8 -> 0.700 ± 0.100, the best mean: bold; n = 3
-    assert "**0.700 ± 0.100**" in bce and "| 3 |" in bce
-    assert "0.520 ± 0.028" in dice and "**0.520" not in dice and "| 2 |" in dice
+    # mIoU 0.6, 0.7, 0.8 -> 0.700 ± 0.100; n = 3
+    assert "| 0.700 ± 0.100 |" in bce and "| 3 |" in bce
+    assert "0.520 ± 0.028" in dice and "| 2 |" in dice
     assert "| 0.650 |" in ups and "| 1 |" in ups
-    # IoU border: 0.5 ± 0.2 is best; train time: lowest mean (85 ± 7) is best
-    assert "**0.500 ± 0.200**" in bce
-    assert "**85 ± 7**" in dice and "**95**" not in ups
-    # params are equal in every row and not ranked: never bold
-    assert "**1,234**" not in md
+    # 0.70 ± 0.10 (3 seeds) against 0.52 ± 0.03 (2 seeds): t = 0.18 / 0.061 = 2.9, below Student's 4.0 for
+    # Welch's 2.4 degrees of freedom, and a single seed has no spread at all: no lead is detected, nothing bold
+    assert "**" not in md.split("| combo |", 1)[1].split("\n\n", 1)[0]
     # the terminal got the same table
     assert "0.700 ± 0.100" in printed and "strconv_ups_dice" in printed
+
+
+def test_a_lead_is_bold_only_where_it_is_detected(tmp_path: Path) -> None:
+    """Two combos, three seeds each, no per-item outcomes (seeds only). mIoU 0.80-0.82 against 0.60-0.62:
+    equal variances, so Welch's df is 4, and t = 0.2 / sqrt(2 x 0.0001 / 3) = 24.5 far above 2.776 (the table's
+    97.5% point): detected. IoU border: means 0.5 and 0.5: not detected, no bold in that column."""
+    sweep = tmp_path / "s"
+    border = {"mp_tr_bce": (0.5, 0.2, 0.8), "mp_tr_dice": (0.45, 0.5, 0.55)}
+    for job, (combo, base) in enumerate([(c, b) for c, b in (("mp_tr_bce", 0.80), ("mp_tr_dice", 0.60)) for _ in range(3)]):
+        seed = job % 3
+        run = sweep / f"{job}_{combo}-s{seed}"
+        write_config(run, combo, seed, sweep)
+        summary = unet_summary(combo, seed, base + 0.01 * seed, (0.7, 0.8, border[combo][seed]), 10.0 + seed)
+        (run / "summary.json").write_text(json.dumps(summary))
+    code, _ = report(sweep)
+    assert code == 0
+    (section,) = build_sections(collect(sweep))
+    assert [row.cells["test/miou"].best for row in section.rows] == [True, False]
+    assert not any(row.cells["test/iou_border"].best for row in section.rows)
+    # the row's interval: mean ± t(0.975, 2) s / sqrt(3), t from the table
+    low, high = section.rows[0].cells["test/miou"].ci
+    assert (low, high) == pytest.approx((0.81 - 4.302653 * 0.01 / np.sqrt(3), 0.81 + 4.302653 * 0.01 / np.sqrt(3)), abs=1e-6)
+    md = (sweep / "report.md").read_text()
+    assert "| **0.810 ± 0.010** | [0.785, 0.835] |" in md
+    line = next(line for line in md.splitlines() if line.startswith("| test mIoU | mp_tr_bce | mp_tr_dice |"))
+    assert "| +0.200 |" in line and "| A better |" in line
+    assert "seeds only (no usable test_items.npz)" in md
 
 
 def test_incomplete_runs_are_listed_with_their_reason(sweep: Path) -> None:
@@ -274,9 +299,11 @@ def test_runs_of_two_tasks_get_one_section_each(sweep: Path) -> None:
     sections = build_sections(collect(sweep))
     assert [s.task for s in sections] == ["unet", "vae"]
     vae = sections[1]
+    # the combos differ by model.condition, which the combo's own value interpolates: the combo names the row
     assert [row.label for row in vae.rows] == ["vae_mnist_both_mp_tr", "vae_mnist_encoder_mp_tr"]
-    assert vae.rows[0].cells["test/label_follow_acc"].best and not vae.rows[1].cells["test/label_follow_acc"].best
-    assert vae.rows[0].cells["test/elbo"].best  # the negative ELBO: lower is better
+    assert vae.varying == ["model.condition"]
+    # one seed each: no spread to judge a lead by, so no bold
+    assert not any(cell.best for row in vae.rows for cell in row.cells.values())
     md = (sweep / "report.md").read_text()
     assert "## UNet segmentation" in md and "## Label-conditioned VAE" in md
     assert "| combo | dataset | condition | encoder | decoder | loss | n | test -ELBO (nats) |" in md
@@ -364,7 +391,9 @@ class Links(HTMLParser):
 def test_figures_exist_and_the_html_is_self_contained(sweep: Path) -> None:
     report(sweep)
     figures = sorted(p.name for p in sweep.glob("report-*.png"))
-    assert figures == ["report-unet-bars.png", "report-unet-curves.png", "report-unet-pictures.png", "report-unet-time-to-quality.png"]
+    assert figures == [
+        "report-unet-bars.png", "report-unet-curves.png", "report-unet-forest.png", "report-unet-pictures.png", "report-unet-time-to-quality.png",
+    ]
     for name in figures:
         with Image.open(sweep / name) as image:
             assert image.width > 50 and image.height > 50
@@ -375,7 +404,7 @@ def test_figures_exist_and_the_html_is_self_contained(sweep: Path) -> None:
     parser = Links()
     parser.feed(html)
     assert parser.refs and all(value.startswith("data:image/png;base64,") for _, _, value in parser.refs), parser.refs
-    assert sum(1 for tag, _, _ in parser.refs if tag == "img") == 4
+    assert sum(1 for tag, _, _ in parser.refs if tag == "img") == 5
     assert "<link" not in html and "<script" not in html and "@import" not in html
 
 
@@ -450,7 +479,7 @@ def test_settings_line_names_the_training_window(sweep: Path) -> None:
     assert "augment strong · train crop 96" in (sweep / "report.md").read_text()
 
 
-def test_settings_line_names_the_weight_average(sweep: Path) -> None:
+def test_settings_line_names_the_weight_average_and_a_differing_one_splits_the_rows(sweep: Path) -> None:
     from omegaconf import OmegaConf
 
     report(sweep)
@@ -461,15 +490,22 @@ def test_settings_line_names_the_weight_average(sweep: Path) -> None:
         OmegaConf.save(config, config_file)
     report(sweep)
     assert "weight EMA 0.998" in (sweep / "report.md").read_text()
-    config_file = next(sweep.glob("*/.hydra/config.yaml"))
+    config_file = next(sweep.glob("0_*/.hydra/config.yaml"))  # a run of mp_tr_bce
     config = OmegaConf.load(config_file)
     config.trainer.ema_decay = None
     OmegaConf.save(config, config_file)
     report(sweep)
-    assert "weight EMA mixed (0.998, off)" in (sweep / "report.md").read_text()
+    md = (sweep / "report.md").read_text()
+    assert "weight EMA" not in md.split("| combo |")[0].split("| variant |")[0]  # no longer shared: in the rows
+    labels = [row.label for row in build_sections(collect(sweep))[0].rows]
+    assert labels == [
+        "mp_tr_bce, trainer.ema_decay=null", "mp_tr_bce, trainer.ema_decay=0.998",
+        "mp_tr_dice, trainer.ema_decay=0.998", "strconv_ups_dice, trainer.ema_decay=0.998",
+    ]
+    assert "| variant |" in md
 
 
-def test_settings_line_names_the_block_and_reads_an_older_run_as_the_plain_one(sweep: Path) -> None:
+def test_settings_line_names_the_block_and_an_older_run_without_it_gets_its_own_row(sweep: Path) -> None:
     from omegaconf import OmegaConf
 
     configs = sorted(sweep.glob("*/.hydra/config.yaml"))
@@ -480,15 +516,11 @@ def test_settings_line_names_the_block_and_reads_an_older_run_as_the_plain_one(s
     report(sweep)
     assert "· block double" in (sweep / "report.md").read_text()
     older = OmegaConf.load(configs[0])
-    del older.model["block"]  # written before the setting existed: the plain block
+    del older.model["block"]  # written before the setting existed: whether it used the plain block is not known
     OmegaConf.save(older, configs[0])
-    report(sweep)
-    assert "block double" in (sweep / "report.md").read_text() and "block mixed" not in (sweep / "report.md").read_text()
-    newer = OmegaConf.load(configs[1])
-    newer.model.block = "residual"
-    OmegaConf.save(newer, configs[1])
-    report(sweep)
-    assert "block mixed (double, residual)" in (sweep / "report.md").read_text()
+    (section,) = build_sections(collect(sweep))
+    assert [row.label for row in section.rows][:2] == ["mp_tr_bce, model.block=unset", "mp_tr_bce, model.block=double"]
+    assert "block" not in section.settings
 
 
 def test_pictures_show_the_shared_columns_once_then_each_combo(sweep: Path) -> None:
@@ -537,7 +569,8 @@ def test_wandb_report_is_built_offline_with_its_blocks_panels_keys_and_filter(sw
     assert (report.entity, report.project) == ("team-x", "proj-x")
     assert [type(b).__name__ for b in report.blocks] == ["H1", "MarkdownBlock", "H2", "MarkdownBlock", "PanelGrid"]
     table = report.blocks[3].text
-    assert "| mp_tr_bce |" in table and "**0.700 ± 0.100**" in table and "Incomplete runs" in table
+    assert "| mp_tr_bce |" in table and "| 0.700 ± 0.100 |" in table and "Incomplete runs" in table
+    assert "| test mIoU | mp_tr_bce | mp_tr_dice |" in table  # the comparisons come with the table
     grid = report.blocks[4]
     (runset,) = grid.runsets
     assert runset.filters == f"Group = '{SWEEP}' and JobType = 'unet'"

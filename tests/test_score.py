@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import TinyPets
 from omegaconf import OmegaConf
 
-from s18exp import score
+from s18exp import score, test_items
 from s18exp.data import Batches
 from s18exp.data.pets import PetsData
 from s18exp.runtime import Runtime
@@ -18,6 +19,13 @@ from s18exp.tasks.segmentation import SegmentationTask
 from test_scoring import compose_config
 
 CPU = Runtime(torch.device("cpu"), "fp32", channels_last=False)
+
+
+def miou(matrix: np.ndarray) -> float:
+    """The mean IoU of a (true, predicted) count matrix, classes absent from both left out."""
+    hits = np.diag(matrix).astype(float)
+    union = matrix.sum(0) + matrix.sum(1) - hits
+    return float(np.mean(hits[union > 0] / union[union > 0]))
 
 
 def write_checkpoint(path: Path, cfg) -> tuple[SegmentationTask, torch.nn.Module]:
@@ -44,8 +52,14 @@ def test_score_repeats_the_runs_test_scoring_and_takes_other_views(tiny_pets: Ti
         expected = task.test(model, Batches(test, int(cfg.trainer.eval_batch_size)), CPU)
         assert written["test_images"] == len(tiny_pets.test)
         assert written["test_scoring"].startswith(f"original resolution, tta={task.tta}, scales {', '.join(f'{s:g}' for s in scales)}")
-        for key, value in expected.items():
+        for key, value in expected.scores.items():
             assert written[f"test/{key}"] == pytest.approx(value, abs=1e-6), key
+        # the per-image counts beside the scores, named after them, in the format of a run's test_items.npz
+        items = test_items.load(tmp_path / f"scores{len(scales)}.test_items.npz")
+        np.testing.assert_array_equal(items["confusion"], expected.items["confusion"])
+        assert list(items["names"]) == test.names
+        assert written["test/miou"] == pytest.approx(miou(items["confusion"].sum(0)), abs=1e-12)
+    assert not (tmp_path / test_items.TEST_ITEMS).exists()
     assert json.loads((tmp_path / "scores1.json").read_text())["test/miou"] != json.loads((tmp_path / "scores2.json").read_text())["test/miou"]
 
 

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
 
-from s18exp import predict
+from s18exp import predict, test_items
 from s18exp.checkpoint import load_checkpoint
 from s18exp.data import Batches
 from s18exp.data.pets import IMAGENET_MEAN, IMAGENET_STD, PetsData
@@ -91,14 +91,19 @@ def numpy_views(model: PixelwiseWithRamp, image: np.ndarray, tta: str, scales: t
     return np.mean(views, axis=0)
 
 
-def expected_scores(model: PixelwiseWithRamp, data: PetsData, tta: str, scales: tuple[float, ...] = (1.0,)) -> dict[str, float]:
-    counts = np.zeros(9, dtype=np.int64)
+def expected_counts(model: PixelwiseWithRamp, data: PetsData, tta: str, scales: tuple[float, ...] = (1.0,)) -> np.ndarray:
+    """(N, 3, 3) counts of (true, predicted) classes per test image, at its original resolution."""
+    counts = []
     for image, full in zip(data.test.images.numpy(), data.test.full_targets):
         logits = numpy_views(model, image, tta, scales)
         height, width = full.shape
         predicted = resize_axis(resize_axis(logits, height, 1), width, 2).argmax(0)
-        counts += np.bincount(full.numpy().astype(np.int64).ravel() * 3 + predicted.ravel(), minlength=9)
-    m = counts.reshape(3, 3).astype(float)
+        counts.append(np.bincount(full.numpy().astype(np.int64).ravel() * 3 + predicted.ravel(), minlength=9).reshape(3, 3))
+    return np.stack(counts)
+
+
+def expected_scores(model: PixelwiseWithRamp, data: PetsData, tta: str, scales: tuple[float, ...] = (1.0,)) -> dict[str, float]:
+    m = expected_counts(model, data, tta, scales).sum(0).astype(float)
     tp = np.diag(m)
     iou = tp / (m.sum(0) + m.sum(1) - tp)
     return {"miou": iou.mean(), "pixel_acc": tp.sum() / m.sum(), **{f"iou_{c}": v for c, v in zip(("pet", "background", "border"), iou)}}
@@ -114,10 +119,15 @@ def test_test_scores_match_an_independent_original_resolution_calculation(pets: 
     # BCE: a mean over pixels, so the batch-weighted test loss equals the criterion over the whole split
     task = SegmentationTask(compose_config(f"eval.tta={tta}", f"eval.tta_scales=[{','.join(map(str, scales))}]", "loss=bce"))
     model = PixelwiseWithRamp()
-    scores = task.test(model, Batches(pets.test, batch_size=3), CPU)
+    tested = task.test(model, Batches(pets.test, batch_size=3), CPU)
+    scores = tested.scores
     expected = expected_scores(model, pets, tta, scales)
     for key, value in expected.items():
         assert scores[key] == pytest.approx(value, abs=1e-9), key
+    # each image's own counts, which test_items.npz keeps: they sum to the split's matrix behind the scores
+    assert list(tested.items["names"]) == pets.test.names and list(tested.items["class_names"]) == ["pet", "background", "border"]
+    assert tested.items["confusion"].dtype == np.int64
+    np.testing.assert_array_equal(tested.items["confusion"], expected_counts(model, pets, tta, scales))
     # the loss stays the criterion's at training resolution, on the same logits
     logits = torch.from_numpy(np.stack([numpy_views(model, i, tta, scales) for i in pets.test.images.numpy()]))
     assert scores["loss"] == pytest.approx(float(task.criterion(logits.float(), pets.test.targets)), rel=1e-5)
@@ -128,7 +138,7 @@ def test_original_resolution_scores_differ_from_training_resolution_ones(pets: P
     task = SegmentationTask(compose_config("eval.tta=none"))
     model = PixelwiseWithRamp()
     batches = Batches(pets.test, batch_size=4)
-    assert task.test(model, batches, CPU)["miou"] != pytest.approx(task.evaluate(model, batches, CPU)["miou"], abs=1e-6)
+    assert task.test(model, batches, CPU).scores["miou"] != pytest.approx(task.evaluate(model, batches, CPU)["miou"], abs=1e-6)
 
 
 def test_flip_tta_is_the_mean_of_the_logits_and_the_mirrored_logits_of_the_mirror_image(pets: PetsData) -> None:
@@ -284,6 +294,11 @@ def test_predict_scores_its_masks_against_trimaps_with_truth(tiny_pets: TinyPets
     assert scores["pixel_acc"] == pytest.approx(tp.sum() / counts.sum())
     assert scores["miou"] == pytest.approx(np.nanmean(iou))
     assert scores["iou_border"] == pytest.approx(iou[2], nan_ok=True)
+    # each scored image's own counts, in the format of a run's test_items.npz: they add up to the same matrix
+    items = test_items.load(out / test_items.TEST_ITEMS)
+    assert list(items["names"]) == [tiny_pets.image_file(name).name for name in names]
+    np.testing.assert_array_equal(items["confusion"].sum(0), counts)
+    assert list(items["class_names"]) == ["pet", "background", "border"]
 
     # a trimap of another size is refused before anything is written, in one line
     bad = tmp_path / "bad_truth"

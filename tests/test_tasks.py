@@ -103,6 +103,19 @@ def test_a_block_that_is_not_a_spec_reads_as_none() -> None:
     assert isinstance(spec_in({"report": block}), TaskSpec)
 
 
+def test_a_spec_from_before_item_metrics_reads_with_none_and_a_hostile_one_as_no_spec() -> None:
+    block = json.loads(json.dumps(SegmentationTask(unet_config()).report_spec().as_dict()))  # as summary.json holds it
+    assert block["item_metrics"] == [
+        {"key": "test/miou", "label": "test mIoU", "better": "max", "stat": "miou", "array": "confusion", "columns": [], "column_names": ""}
+    ]
+    older = spec_in({"report": {k: v for k, v in block.items() if k not in ("item_metrics", "settings")}})
+    assert older is not None and older.item_metrics == () and older.settings == ()
+    metric = block["item_metrics"][0]
+    for hostile in ({**metric, "key": ["test/miou"]}, {**metric, "stat": "median"}, {**metric, "columns": ["a"]}, {**metric, "run": "code"}):
+        assert spec_in({"report": {**block, "item_metrics": [hostile]}}) is None
+    assert spec_in({"report": {**block, "columns": [{"key": "test/miou", "label": "m", "better": "max", "kind": "weird"}]}}) is None
+
+
 def test_build_makes_the_task_its_data_and_its_model(tiny_pets: TinyPets, tmp_path: Path) -> None:
     cfg = unet_config(f"data.root={tiny_pets.root}", "data.download=false", f"paths.cache_dir={tmp_path / 'cache'}")
     task, data, model = build(cfg)

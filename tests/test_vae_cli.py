@@ -59,9 +59,10 @@ def test_one_epoch_run_leaves_the_run_dir_contract(trained_run: Path):
 
 
 @pytest.mark.slow
-def test_generate_writes_wrong_label_outputs(trained_run: Path, tmp_path: Path):
+def test_generate_writes_wrong_label_outputs(trained_run: Path, image_folder: Path, tmp_path: Path):
     out = tmp_path / "wrong.npz"
-    result = run_cli("s18exp.generate", [f"ckpt={trained_run / 'checkpoints' / 'best.pt'}", "n=20", f"output={out}", "seed=3"], tmp_path)
+    args = [f"ckpt={trained_run / 'checkpoints' / 'best.pt'}", "n=20", f"output={out}", "seed=3", f"root={image_folder}"]
+    result = run_cli("s18exp.generate", args, tmp_path)
     assert result.returncode == 0, result.stderr
     with np.load(out) as npz:
         assert {"inputs", "true_labels", "given_labels", "outputs"} <= set(npz.files)
@@ -76,10 +77,10 @@ def test_generate_writes_wrong_label_outputs(trained_run: Path, tmp_path: Path):
 
 
 @pytest.mark.slow
-def test_generate_with_one_label_and_its_bad_input(trained_run: Path, tmp_path: Path, capsys, one_thread):
+def test_generate_with_one_label_and_its_bad_input(trained_run: Path, image_folder: Path, tmp_path: Path, capsys, one_thread):
     ckpt = f"ckpt={trained_run / 'checkpoints' / 'best.pt'}"
     out = tmp_path / "disc.npz"
-    assert generate.main([ckpt, "n=5", f"output={out}", "label=disc"]) == 0
+    assert generate.main([ckpt, "n=5", f"output={out}", "label=disc", f"root={image_folder}"]) == 0
     with np.load(out) as npz:
         assert (npz["given_labels"] == CLASSES.index("disc")).all() and (npz["true_labels"] != CLASSES.index("disc")).all()
     capsys.readouterr()
@@ -90,7 +91,7 @@ def test_generate_with_one_label_and_its_bad_input(trained_run: Path, tmp_path: 
         "n=1000": "n=1000 is larger than the test split (27 images)",
     }
     for arg, message in cases.items():
-        args = [ckpt, f"output={tmp_path / 'x.npz'}", arg] + ([] if arg.startswith("n=") else ["n=2"])
+        args = [ckpt, f"output={tmp_path / 'x.npz'}", f"root={image_folder}", arg] + ([] if arg.startswith("n=") else ["n=2"])
         assert generate.main(args) == 2, arg
         err = capsys.readouterr().err.strip()
         assert message in err and len(err.splitlines()) == 1, err
@@ -100,9 +101,9 @@ def test_generate_with_one_label_and_its_bad_input(trained_run: Path, tmp_path: 
 
 
 @pytest.mark.slow
-def test_generate_takes_a_run_dir_and_says_how_fast(trained_run: Path, tmp_path: Path, capsys, one_thread):
+def test_generate_takes_a_run_dir_and_says_how_fast(trained_run: Path, image_folder: Path, tmp_path: Path, capsys, one_thread):
     out = tmp_path / "run_dir.npz"
-    assert generate.main([f"ckpt={trained_run}", "n=4", f"output={out}", "device=auto", "precision=fp32"]) == 0
+    assert generate.main([f"ckpt={trained_run}", "n=4", f"output={out}", "device=auto", "precision=fp32", f"root={image_folder}"]) == 0
     with np.load(out) as npz:
         assert npz["outputs"].shape == (4, 16, 16, 3)
     (line,) = capsys.readouterr().out.strip().splitlines()

@@ -128,6 +128,6 @@ def test_two_rank_gloo_run_with_the_guide_writes_once_and_scores_as_one_process(
     # Each item's z noise is picked by its index in the split, so one process scoring the whole split in a
     # single batch gives the run's scores, the random recon term included.
     runtime = Runtime(torch.device("cpu"), "fp32", channels_last=True)
-    whole = task.test(runtime.prepare_model(model), Batches(task.build_data().test, 500), runtime)
+    whole = task.test(runtime.prepare_model(model), Batches(task.build_data().test, 500), runtime).scores
     for key in ("elbo", "recon", "kl"):
         assert summary[f"test/{key}"] == pytest.approx(whole[key], rel=1e-6), key

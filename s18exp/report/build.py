@@ -1,8 +1,16 @@
-"""Make the whole report of a folder: read the run dirs, draw, write report.md / report.html, print, W&B."""
+"""Make the whole report of a folder: read the run dirs, draw, write report.md / report.html / report.json,
+print, W&B.
+
+The report writes only into its output folder, and only files whose names it builds itself: a name taken
+from a run (its task, a study's name) is cut down to letters, digits, `_` and `-` (with a short hash of the
+original when anything was cut), so that no summary.json or optuna.db can steer a write or a removal elsewhere.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,10 +23,14 @@ from s18exp.report import search as srch
 from s18exp.report import wandb_report as wb
 from s18exp.report.collect import MARKERS, collect
 from s18exp.report.render import Document, Figures, print_tables, to_html, to_markdown
+from s18exp.report.report_json import document_json
+from s18exp.report.stats import MIN_EFFECT
 from s18exp.report.table import Section, build_sections
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
+REPORT_JSON = "report.json"
+SLUG_LENGTH = 40
 # Exit codes of `python -m s18exp.report`.
 OK, NO_RUNS, BAD_INPUT, WANDB_FAILED = 0, 1, 2, 3
 
@@ -30,8 +42,16 @@ def default_console() -> Console:
     return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
-def figure_path(out_dir: Path, task: str, what: str) -> Path:
-    return out_dir / f"report-{task}-{what}.png"
+def slug(text: str) -> str:
+    """`text` as a safe part of a file name: letters, digits, `_` and `-` only, at most SLUG_LENGTH of them,
+    with a hash of `text` appended when anything had to change (so that two names never meet in one)."""
+    safe = re.sub(r"[^A-Za-z0-9_-]+", "_", text)[:SLUG_LENGTH].strip("_-") or "unnamed"
+    return safe if safe == text else f"{safe}-{hashlib.sha256(text.encode('utf-8', 'replace')).hexdigest()[:8]}"
+
+
+def figure_name(part: str, what: str) -> str:
+    """The file name of a figure of the report, `part` (a task, a study) made safe."""
+    return f"report-{slug(part)}-{what}.png"
 
 
 def make_report(
@@ -42,8 +62,12 @@ def make_report(
     entity: str | None = None,
     timeout: float = 60.0,
     console: Console | None = None,
+    baseline: str | None = None,
+    min_effect: float = MIN_EFFECT,
 ) -> int:
-    """Write the report of every run dir under `root` into `out_dir` (default `root`); returns an exit code."""
+    """Write the report of every run dir under `root` into `out_dir` (default `root`); returns an exit code.
+    `baseline`: the label of the row every other row is compared with (default: every pair of rows);
+    `min_effect`: the smallest gap the seeds-needed estimate looks for."""
     console = console or default_console()
     root = Path(root).absolute()
     if not root.is_dir():
@@ -57,18 +81,15 @@ def make_report(
         )
         return NO_RUNS
     out = Path(out_dir).absolute() if out_dir else root
+    sections = build_sections(runs, baseline, min_effect)
+    labels = [row.label for section in sections for row in section.rows]
+    if baseline is not None and baseline not in labels:
+        console.print(f"[red]error:[/] --baseline {escape(baseline)} names no row; the rows are: {escape(', '.join(labels) or '(none)')}")
+        return BAD_INPUT
     for search in searches:
         if search.problem is None:
-            search.figure = _draw(console, srch.draw_objective, search, srch.figure_path(out, search.study_name))
-    sections = build_sections(runs)
-    drawn: dict[str, Figures] = {}
-    for section in sections:
-        drawn[section.task] = Figures(
-            curves=_draw(console, figs.curves, section, figure_path(out, section.task, "curves")),
-            time_to_quality=_draw(console, figs.time_to_quality, section, figure_path(out, section.task, "time-to-quality")),
-            bars=_draw(console, figs.bars, section, figure_path(out, section.task, "bars")),
-            pictures=_draw(console, figs.pictures, section, figure_path(out, section.task, "pictures")),
-        )
+            search.figure = _draw(console, srch.draw_objective, search, out, figure_name(f"search-{search.study_name}", "objective"))
+    drawn = {section.task: _figures(console, section, out) for section in sections}
     generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     doc = Document(f"Run comparison: {root.name}", root, generated, sections, drawn, searches)
     _write(doc, out)  # the local report first: whatever happens with W&B, it is on disk
@@ -87,11 +108,24 @@ def make_report(
         _write(doc, out, html_parts)
         if not ok and code == OK:
             code = WANDB_FAILED
-    console.print(f"report: {escape(str(out / REPORT_MD))} and {escape(str(out / REPORT_HTML))}")
+    console.print(f"report: {escape(str(out / REPORT_MD))}, {escape(str(out / REPORT_HTML))} and {escape(str(out / REPORT_JSON))}")
     return code
 
 
-def _draw(console: Console, draw: Callable[[Any, Path], Path | None], part: Section | srch.Search, path: Path) -> Path | None:
+def _figures(console: Console, section: Section, out: Path) -> Figures:
+    """Every figure of a section, drawn into `out`."""
+    kinds = (
+        ("curves", figs.curves, "curves"), ("time_to_quality", figs.time_to_quality, "time-to-quality"), ("bars", figs.bars, "bars"),
+        ("pictures", figs.pictures, "pictures"), ("forest", figs.forest, "forest"),
+    )
+    return Figures(**{field: _draw(console, draw, section, out, figure_name(section.task, what)) for field, draw, what in kinds})
+
+
+def _draw(console: Console, draw: Callable[[Any, Path], Path | None], part: Section | srch.Search, out: Path, name: str) -> Path | None:
+    """`out / name` drawn, or removed when there is nothing to draw (never anything outside `out`)."""
+    if Path(name).name != name or not name.startswith("report-"):
+        raise ValueError(f"{name!r} is not a figure name the report builds")
+    path = out / name
     try:
         drawn = draw(part, path)
     except Exception as exc:  # a figure that cannot be drawn costs that figure, not the report
@@ -105,6 +139,7 @@ def _draw(console: Console, draw: Callable[[Any, Path], Path | None], part: Sect
 def _write(doc: Document, out: Path, extra_html: list[str] | None = None) -> None:
     atomic_write_text(to_markdown(doc, out), out / REPORT_MD)
     atomic_write_text(to_html(doc, extra_html), out / REPORT_HTML)
+    atomic_write_json(document_json(doc, out), out / REPORT_JSON, sort_keys=False)
 
 
 def _wandb_step(spec: dict, spec_path: Path, timeout: float, console: Console) -> tuple[list[str], list[str], bool]:

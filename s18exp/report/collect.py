@@ -3,7 +3,8 @@
 A run dir is a folder holding `.hydra/config.yaml`, `summary.json` or `metrics.jsonl`; the search does
 not descend into a run dir once found. A run is complete when `summary.json` is a valid JSON object with
 `status: complete` and the main test metric its TaskSpec names; every other run is kept, with the reason it
-is not.
+is not. Everything is read as data: JSON and YAML parsed, configs without resolvers (configs.py), the
+per-item test outcomes with `allow_pickle=False` (s18exp/test_items.py).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
+from s18exp import test_items
+from s18exp.errors import UserError
+from s18exp.report import configs
 from s18exp.report.spec import TaskSpec, spec_in
 
 SUMMARY = "summary.json"
@@ -25,8 +27,10 @@ METRICS = "metrics.jsonl"
 HYDRA_DIR = ".hydra"
 CONFIG = f"{HYDRA_DIR}/config.yaml"
 HYDRA = f"{HYDRA_DIR}/hydra.yaml"
+OVERRIDES = f"{HYDRA_DIR}/overrides.yaml"
 MARKERS = (CONFIG, SUMMARY, METRICS)
 SKIP_DIRS = {"wandb", "checkpoints", "__pycache__"}
+MAX_EPOCH = 10**6  # an epoch number beyond this in metrics.jsonl is not one
 # What names every run, in summary.json and, where that lacks it (or is missing), at the same key of the config.
 NAMING = ("seed", "combo", "run_name")
 
@@ -36,7 +40,7 @@ class Run:
     path: Path
     summary: dict[str, Any] | None
     metrics: list[dict[str, Any]]
-    config: Any  # an OmegaConf DictConfig, or None when .hydra/config.yaml is missing or unreadable
+    config: configs.Config | None  # None when .hydra/config.yaml is missing or unreadable
     task: str
     identity: dict[str, Any]
     spec: TaskSpec | None  # what the run wrote of its task for the report; None when it wrote nothing
@@ -45,6 +49,10 @@ class Run:
     wandb_project: str | None = None
     wandb_entity: str | None = None
     wandb_runs: list[Path] = field(default_factory=list)  # W&B run folders (offline-run-* or run-*)
+    choices: dict[str, Any] = field(default_factory=dict)  # config group -> option (Hydra's runtime choices)
+    overrides: list[str] = field(default_factory=list)  # the job's command-line overrides
+    items: dict[str, Any] | None = None  # the arrays of test_items.npz; None when absent or unreadable
+    items_problem: str | None = None  # why a test_items.npz that is there could not be read
 
     @property
     def complete(self) -> bool:
@@ -90,10 +98,12 @@ def collect(root: Path) -> list[Run]:
 
 
 def read_run(path: Path) -> Run:
-    config, _ = _load_yaml(path / CONFIG)  # optional: the summary alone is enough for the table
-    hydra, _ = _load_yaml(path / HYDRA)
+    config, _ = configs.read(path / CONFIG)  # optional: the summary alone is enough for the table
+    hydra, _ = configs.read(path / HYDRA)
+    overrides, _ = configs.read_list(path / OVERRIDES)
     summary, problem = _read_summary(path)
-    choices = config_value(hydra, "hydra.runtime.choices") or {}
+    choices = config_value(hydra, "hydra.runtime.choices")
+    choices = choices if isinstance(choices, dict) else {}
     task = str((summary or {}).get("task") or choices.get("task") or "unknown")
     spec = spec_in(summary)
     identity = {key: summary.get(key) for key in spec.identity} if spec else {}
@@ -113,10 +123,15 @@ def read_run(path: Path) -> Run:
     metrics = _read_metrics(path / METRICS)
     if problem is not None and "no summary.json" in problem:
         problem += _progress_note(metrics, config) + _last_error(path)
-    run = Run(path, summary, metrics, config, task, identity, spec, problem)
+    run = Run(path, summary, metrics, config, task, identity, spec, problem, choices=choices, overrides=[str(o) for o in overrides or []])
+    if (path / test_items.TEST_ITEMS).is_file():
+        try:
+            run.items = test_items.load(path / test_items.TEST_ITEMS)
+        except UserError as exc:
+            run.items_problem = str(exc)
     run.wandb_group = _wandb_group(config, hydra, path, identity)
-    run.wandb_project = config_value(config, "wandb.project")
-    run.wandb_entity = config_value(config, "wandb.entity")
+    run.wandb_project = _text(config_value(config, "wandb.project"))
+    run.wandb_entity = _text(config_value(config, "wandb.entity"))
     wandb_dir = path / "wandb"
     if wandb_dir.is_dir():
         run.wandb_runs = sorted(d for d in wandb_dir.iterdir() if d.is_dir() and re.match(r"(offline-)?run-", d.name))
@@ -149,8 +164,9 @@ def _read_metrics(file: Path) -> list[dict[str, Any]]:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(record, dict) and isinstance(record.get("epoch"), int):
-            by_epoch[record["epoch"]] = record
+        epoch = record.get("epoch") if isinstance(record, dict) else None
+        if type(epoch) is int and 0 <= epoch <= MAX_EPOCH:  # bool is an int too, and not an epoch
+            by_epoch[epoch] = record
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
@@ -175,41 +191,22 @@ def _last_error(path: Path) -> str:
     return ""
 
 
-def _load_yaml(file: Path) -> tuple[Any, str | None]:
-    if not file.is_file():
-        return None, f"no {file.name}"
-    try:
-        return OmegaConf.load(file), None
-    except Exception as exc:  # a YAML error of any kind: the run is still listed
-        return None, f"{file.name} could not be read ({type(exc).__name__})"
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
-def config_value(config: Any, key: str) -> Any:
-    """A value of the config with interpolations resolved, or None when absent or unresolvable."""
-    if config is None:
-        return None
-    try:
-        value = OmegaConf.select(config, key, default=None, throw_on_resolution_failure=False)
-    except Exception:
-        return None
-    if OmegaConf.is_config(value):
-        try:
-            return OmegaConf.to_container(value, resolve=True)
-        except Exception:
-            return OmegaConf.to_container(value, resolve=False)
-    return value
+def config_value(config: configs.Config | None, key: str) -> Any:
+    """A value of a run's config (plain interpolations resolved, resolvers never), None when absent."""
+    return None if config is None else configs.lookup(config.values, key)
 
 
-def _wandb_group(config: Any, hydra: Any, path: Path, identity: dict[str, Any]) -> str | None:
+def _wandb_group(config: configs.Config | None, hydra: configs.Config | None, path: Path, identity: dict[str, Any]) -> str | None:
     """The group s18exp.run.wandb_group gave the run: explicit, else the sweep dir's name, else the run's name."""
     explicit = config_value(config, "wandb.group")
     if explicit:
         return str(explicit)
     if config_value(hydra, "hydra.mode") == "MULTIRUN":
-        try:  # the raw text: resolving ${now:...} again would give today's time
-            raw = OmegaConf.to_container(hydra.hydra.sweep, resolve=False).get("dir")
-        except Exception:
-            raw = None
+        raw = config_value(hydra, "hydra.sweep.dir")  # never resolved: a ${now:...} would give today's time
         if isinstance(raw, str) and "${" not in raw:
             return Path(raw).name
         return path.parent.name  # the sweep dir held a ${now:...} that cannot be resolved again; subdir is one level

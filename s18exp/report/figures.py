@@ -21,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFont
 from s18exp.atomic_files import atomic_write_bytes
 from s18exp.pictures import legend, with_legend
 from s18exp.report.collect import Run
+from s18exp.report.stats import NO_DIFFERENCE
 from s18exp.report.table import Cell, Row, Section
 
 DPI = 100
@@ -76,7 +77,7 @@ def _series(row: Row, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
 
 
 def curves(section: Section, path: Path) -> Path | None:
-    """One panel per curve group of the task; one line per combo (mean over seeds) and a min-max band."""
+    """One panel per curve group of the task; one line per row (mean over seeds) and a min-max band."""
     panels = section.spec.curve_panels
     if not section.rows or not any(run.metrics for run in section.complete_runs):
         return None
@@ -130,7 +131,7 @@ def _timed_series(run: Run, key: str) -> tuple[list[float], list[float]]:
 
 def time_to_quality(section: Section, path: Path) -> Path | None:
     """The task's `time_curve` metric against cumulative training seconds: one thin line per run, coloured by
-    combo. Runs are not averaged over seeds: their epochs end at different times, and a mean would need an
+    row. Runs are not averaged over seeds: their epochs end at different times, and a mean would need an
     interpolation the reader cannot see."""
     curve = section.spec.time_curve
     if curve is None or not section.rows:
@@ -147,19 +148,48 @@ def time_to_quality(section: Section, path: Path) -> Path | None:
             drawn = True
             marker = "o" if len(seconds) <= 30 else None  # a run of one epoch is still visible
             ax.plot(seconds, values, color=colour, label=label, linewidth=1.0, alpha=0.8, marker=marker, markersize=2.5)
-            label = None  # one legend entry per combo
+            label = None  # one legend entry per row
     if not drawn:
         return None
     ax.set_xlabel("training seconds (cumulative epoch_seconds, validation left out)")
     ax.set_ylabel(curve.label)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    ax.set_title(f"{curve.label} against training time: one line per run, colour = combo", fontsize=10)
+    ax.set_title(f"{curve.label} against training time: one line per run, colour = row", fontsize=10)
+    return _save(fig, path)
+
+
+def forest(section: Section, path: Path) -> Path | None:
+    """Each row's difference to the baseline in every headline metric, with its 95% interval: one panel per
+    metric, one line per row; filled dots where the difference is detected, hollow where not, crosses where it
+    is not measurable (a single seed)."""
+    panels = [(label, section.stats.forest.get(key, [])) for key, label, _ in section.stats.compared]
+    panels = [(label, found) for label, found in panels if found]
+    if not panels:
+        return None
+    tall = max(len(found) for _, found in panels)
+    fig = Figure(figsize=(5.2 * len(panels), 1.2 + 0.45 * tall))
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (label, found) in zip(axes, panels):
+        for y, comparison in enumerate(reversed(found)):
+            difference = comparison.difference
+            if difference.ci is not None:
+                ax.plot(difference.ci, [y, y], color="tab:blue", linewidth=1.6)
+            detected = difference.verdict != NO_DIFFERENCE
+            marker = "x" if difference.ci is None else "o"
+            ax.plot([difference.diff], [y], marker, color="tab:blue", markersize=6,
+                    markerfacecolor="tab:blue" if detected or marker == "x" else "white")
+        ax.axvline(0.0, color="black", linewidth=0.8)
+        ax.set_yticks(range(len(found)), [c.a for c in reversed(found)], fontsize=7)
+        ax.set_ylim(-0.7, len(found) - 0.3)
+        ax.set_xlabel(f"{label}: row minus {section.stats.baseline}")
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(f"{section.spec.title}: difference to {section.stats.baseline}, 95% interval", fontsize=10)
     return _save(fig, path)
 
 
 def bars(section: Section, path: Path) -> Path | None:
-    """Grouped bars: one group per score (e.g. IoU per class), one bar per combo, error bar = std over seeds."""
+    """Grouped bars: one group per score (e.g. IoU per class), one bar per row, error bar = std over seeds."""
     keys = section.spec.bar_keys
     if not keys or not section.rows:
         return None
@@ -183,16 +213,19 @@ def bars(section: Section, path: Path) -> Path | None:
 
 
 def pictures(section: Section, path: Path) -> Path | None:
-    """Each combo's own picture (predictions.png / wrong_labels.png) of its lowest seed, side by side, titled.
+    """Each row's own picture (predictions.png / wrong_labels.png) of its lowest seed, side by side, titled.
 
     When the picture is a grid of equal columns whose leading ones are the same in every run (the UNet's
-    image | ground truth | prediction), those are shown once, followed by the other columns of each combo.
+    image | ground truth | prediction), those are shown once, followed by the other columns of each row. The
+    picture's name comes from a summary.json: only a plain file name of the run dir is read.
     """
     name = section.spec.picture
+    if Path(name).name != name or name in ("", ".", ".."):  # a file of the run dir itself, nothing elsewhere
+        return None
     chosen: list[tuple[str, Image.Image]] = []
     for row in section.rows:
         for run in row.runs:  # sorted by seed
-            file = run.path / name if name else None
+            file = run.path / name
             if file is not None and file.is_file():
                 try:
                     image = without_legend(Image.open(file).convert("RGB"), section.spec.picture_legend)

@@ -12,10 +12,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from s18exp.report import comparison_text
+from s18exp.report.comparison_text import LEGEND
 from s18exp.report.search import Search, format_value
-from s18exp.report.table import Section, cells, header
-
-LEGEND = "Mean ± sample std over seeds (n = runs of the combo); the best value of each ranked column is in bold."
+from s18exp.report.table import Section, cells, header, metric_columns
 
 
 @dataclass
@@ -26,18 +26,26 @@ class Figures:
     time_to_quality: Path | None = None
     bars: Path | None = None
     pictures: Path | None = None
+    forest: Path | None = None
 
     def items(self, section: Section) -> list[tuple[str, Path]]:
-        captions = [(self.curves, "Curves per epoch: one line per combo (mean over seeds), the band spans the seeds (min..max).")]
+        captions = []
+        if self.forest is not None:
+            captions.append((
+                self.forest,
+                f"Each row's difference to {section.stats.baseline} with its 95% interval (the line at 0: no "
+                "difference); filled: detected, hollow: not detected, a cross: not measurable (a single seed).",
+            ))
+        captions.append((self.curves, "Curves per epoch: one line per row (mean over seeds), the band spans the seeds (min..max)."))
         if self.time_to_quality is not None and section.spec.time_curve is not None:
             captions.append((
                 self.time_to_quality,
                 f"Time to quality: {section.spec.time_curve.label} against cumulative training seconds (the sum of "
-                "each epoch's training time, validation left out); one thin line per run, coloured by combo.",
+                "each epoch's training time, validation left out); one thin line per run, coloured by row.",
             ))
         captions += [
             (self.bars, f"{section.spec.bars_title}: mean over seeds, error bar = std."),
-            (self.pictures, f"{section.spec.picture} of one seed per combo, side by side (the same test images in each)."),
+            (self.pictures, f"{section.spec.picture} of one seed per row, side by side (the same test images in each)."),
         ]
         return [(caption, path) for path, caption in captions if path is not None]
 
@@ -67,11 +75,22 @@ def markdown_table(section: Section) -> str:
     if not section.rows:
         return "_No complete run of this task._"
     head = header(section)
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i < len(head) - len(section.columns) else "---:" for i in range(len(head))) + "|"]
+    lines = ["| " + " | ".join(map(_md_escape, head)) + " |", "|" + "|".join("---" if i < len(head) - metric_columns(section) else "---:" for i in range(len(head))) + "|"]
     for row in section.rows:
         texts = [f"**{_md_escape(t)}**" if best else _md_escape(t) for t, best in cells(section, row)]
         lines.append("| " + " | ".join(texts) + " |")
     return "\n".join(lines)
+
+
+def comparisons_markdown(section: Section) -> list[str]:
+    """The comparisons of the section's rows as a table, and how they were made; nothing with fewer than two rows."""
+    lines = comparison_text.rows(section)
+    if not lines:
+        return []
+    head = comparison_text.HEAD
+    table = ["| " + " | ".join(head) + " |", "|" + "|".join("---:" if i in comparison_text.NUMERIC else "---" for i in range(len(head))) + "|"]
+    table += ["| " + " | ".join(map(_md_escape, line)) + " |" for line in lines]
+    return ["\n".join(table), " ".join(comparison_text.notes(section))]
 
 
 def incomplete_lines(section: Section, root: Path) -> list[str]:
@@ -91,8 +110,8 @@ def settings_line(section: Section) -> str:
 
 
 SEARCH_NOTE = (
-    "The per-run tables below group runs by combo: there, the n runs of a row are trials with different "
-    "hyper-parameters, not seeds of one configuration."
+    "The per-run tables below have one row per distinct setting of the keys the trials differ in: a row's n "
+    "runs are seeds of one configuration, and a trial alone in its row has no interval."
 )
 IMPORTANCE_NOTE = (
     "Parameter importances (optuna.importance.get_param_importances, PED-ANOVA): how much each parameter "
@@ -225,6 +244,7 @@ def to_markdown(doc: Document, out_dir: Path) -> str:
             parts.append(f"Settings: {settings_line(section)}")
         parts.append(markdown_table(section))
         parts.append(" ".join([LEGEND, *section.spec.notes]))
+        parts.extend(comparisons_markdown(section))
         for caption, path in doc.figures[section.task].items(section):
             parts.append(f"![{caption}]({_relative(path, out_dir)})\n\n_{caption}_")
         if section.incomplete:
@@ -254,21 +274,33 @@ def _data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def html_table(section: Section) -> str:
-    if not section.rows:
-        return "<p>No complete run of this task.</p>"
-    head = header(section)
-    numeric_from = len(head) - len(section.columns) - 1  # n and the metric columns are numbers
+def _html_rows(head: list[str], lines: list[list[tuple[str, bool]]], numeric: range) -> str:
     out = ["<table>", "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>"]
-    for row in section.rows:
+    for line in lines:
         tds = []
-        for i, (text, best) in enumerate(cells(section, row)):
-            classes = " ".join(c for c in ("num" if i >= numeric_from else "", "best" if best else "") if c)
+        for i, (text, best) in enumerate(line):
+            classes = " ".join(c for c in ("num" if i in numeric else "", "best" if best else "") if c)
             attr = f' class="{classes}"' if classes else ""
             tds.append(f"<td{attr}>{html.escape(text)}</td>")
         out.append("<tr>" + "".join(tds) + "</tr>")
     out.append("</table>")
     return "\n".join(out)
+
+
+def html_table(section: Section) -> str:
+    if not section.rows:
+        return "<p>No complete run of this task.</p>"
+    head = header(section)
+    numeric_from = len(head) - metric_columns(section) - 1  # n and the metric columns are numbers
+    return _html_rows(head, [cells(section, row) for row in section.rows], range(numeric_from, len(head)))
+
+
+def comparisons_html(section: Section) -> list[str]:
+    lines = comparison_text.rows(section)
+    if not lines:
+        return []
+    table = _html_rows(comparison_text.HEAD, [[(text, False) for text in line] for line in lines], comparison_text.NUMERIC)
+    return [table, f"<p class=note>{html.escape(' '.join(comparison_text.notes(section)))}</p>"]
 
 
 def to_html(doc: Document, extra_html: list[str] | None = None) -> str:
@@ -287,6 +319,7 @@ def to_html(doc: Document, extra_html: list[str] | None = None) -> str:
             body.append(f"<p class=note>Settings: {html.escape(settings_line(section))}</p>")
         body.append(html_table(section))
         body.append(f"<p class=note>{html.escape(' '.join([LEGEND, *section.spec.notes]))}</p>")
+        body.extend(comparisons_html(section))
         for caption, path in doc.figures[section.task].items(section):
             body.append(
                 f'<figure><img src="{_data_uri(path)}" alt="{html.escape(caption)}">'
@@ -306,7 +339,7 @@ def to_html(doc: Document, extra_html: list[str] | None = None) -> str:
 
 
 def print_tables(doc: Document, console: Console) -> None:
-    """The same tables on the terminal, the best value of each ranked column in bold green."""
+    """The same tables on the terminal, a detected lead in bold green."""
     for search in doc.searches:
         print_search(search, console)
     for section in doc.sections:
@@ -314,13 +347,26 @@ def print_tables(doc: Document, console: Console) -> None:
             title = section.spec.title + (f"\n{settings_line(section)}" if section.settings else "")
             table = Table(title=title, caption=LEGEND, title_justify="left")
             head = header(section)
-            numeric_from = len(head) - len(section.columns) - 1
+            numeric_from = len(head) - metric_columns(section) - 1
             for i, name in enumerate(head):
                 table.add_column(name, justify="right" if i >= numeric_from else "left", overflow="fold")
             for row in section.rows:
                 table.add_row(*(f"[bold green]{escape(t)}[/]" if best else escape(t) for t, best in cells(section, row)))
             console.print(table)
+            print_comparisons(section, console)
         else:
             console.print(f"[bold]{escape(section.spec.title)}[/]: no complete run")
         for line in incomplete_lines(section, doc.root):
             console.print(f"[yellow]incomplete:[/] {escape(line)}", highlight=False)
+
+
+def print_comparisons(section: Section, console: Console) -> None:
+    lines = comparison_text.rows(section)
+    if not lines:
+        return
+    table = Table(title="Comparisons", caption=" ".join(comparison_text.notes(section)), title_justify="left", caption_justify="left")
+    for i, name in enumerate(comparison_text.HEAD):
+        table.add_column(name, justify="right" if i in comparison_text.NUMERIC else "left", overflow="fold")
+    for line in lines:
+        table.add_row(*map(escape, line))
+    console.print(table)

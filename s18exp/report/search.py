@@ -8,8 +8,9 @@ Optuna is imported only when the folder holds a study, so that a plain report do
 from __future__ import annotations
 
 import math
-import re
 import shlex
+import sqlite3
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,10 +127,6 @@ def draw_objective(search: Search, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def figure_path(out_dir: Path, study_name: str) -> Path:
-    return out_dir / f"report-search-{re.sub(r'[^A-Za-z0-9_.-]', '_', study_name)}-objective.png"
-
-
 def read_study(study: Any) -> Search:
     """A Search from an Optuna study, without its figure."""
     from optuna.trial import TrialState
@@ -154,7 +151,13 @@ def read_study(study: Any) -> Search:
 
 
 def read_searches(root: Path) -> list[Search]:
-    """The studies of `root/optuna.db`; none when there is no such file."""
+    """The studies of `root/optuna.db`; none when there is no such file.
+
+    The file is read as data: SQLite copies it, through a read-only connection, into a private temporary
+    folder, and Optuna opens the copy without creating tables, so that nothing is ever written to the
+    search's own file (Optuna's storage otherwise adds tables and version records to a file it opens), and a
+    search still running elsewhere is read as one consistent state.
+    """
     db = root / STUDY_FILE
     if not db.is_file():
         return []
@@ -162,11 +165,30 @@ def read_searches(root: Path) -> list[Search]:
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
-        names = optuna.study.get_all_study_names(storage)
-        return [read_study(optuna.load_study(study_name=name, storage=storage)) for name in names]
+        with tempfile.TemporaryDirectory(prefix="s18exp-report-") as folder:
+            copy = Path(folder) / STUDY_FILE
+            _snapshot(db, copy)
+            storage = optuna.storages.RDBStorage(f"sqlite:///{copy}", skip_table_creation=True)
+            try:
+                names = optuna.study.get_all_study_names(storage)
+                return [read_study(optuna.load_study(study_name=name, storage=storage)) for name in names]
+            finally:
+                storage.engine.dispose()  # the copy's connections closed before its folder goes
     except Exception as exc:  # e.g. a file written by another Optuna version: the runs' report still stands
         return [Search(study_name=STUDY_FILE, problem=f"{db} could not be read ({type(exc).__name__}: {exc})")]
+
+
+def _snapshot(db: Path, copy: Path) -> None:
+    """A consistent copy of the SQLite file `db`, read through a read-only connection."""
+    source = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        target = sqlite3.connect(copy)
+        try:
+            source.backup(target)
+        finally:
+            target.close()
+    finally:
+        source.close()
 
 
 def format_value(value: Any) -> str:

@@ -15,12 +15,58 @@ from typing import Any
 SUMMARY_BLOCK = "report"  # the key of summary.json that holds the run's TaskSpec
 
 
+KINDS = ("score", "epoch", "seconds", "count")
+
+
 @dataclass(frozen=True)
 class Column:
     key: str  # key in summary.json
     label: str
     better: str | None  # "max", "min" or None (not ranked)
     kind: str = "score"  # score (3 decimals) | epoch | seconds | count
+
+    def __post_init__(self) -> None:  # a spec read from a summary.json is checked like any foreign data
+        _texts(self.key, self.label)
+        if self.better not in (None, "max", "min") or self.kind not in KINDS:
+            raise ValueError(f"column {self.key}: better {self.better!r} or kind {self.kind!r} is unknown")
+
+
+def _texts(*values: object) -> None:
+    """A TypeError unless every value is a string."""
+    if not all(isinstance(value, str) for value in values):
+        raise TypeError(f"expected strings, got {[type(value).__name__ for value in values]}")
+
+
+# How an ItemMetric recomputes a summary score from the per-item arrays of test_items.npz (s18exp/test_items.py):
+#   miou      the mean over classes of IoU from the summed (N, C, C) confusion counts of the items, a class absent
+#             from both truth and prediction left out (as s18exp.metrics.segmentation_scores)
+#   mean      the mean of an (N,) array of booleans or numbers, or of one named column of an (N, R) array
+#   min_mean  the smallest of the column means of the named columns of an (N, R) array
+ITEM_STATS = ("miou", "mean", "min_mean")
+
+
+@dataclass(frozen=True)
+class ItemMetric:
+    """A summary score that test_items.npz can recompute for any subset of the test items: the report's
+    statistics resample the items through it."""
+
+    key: str  # the summary.json key it reproduces, e.g. test/miou
+    label: str
+    better: str  # "max" or "min"
+    stat: str  # one of ITEM_STATS
+    array: str  # the test_items.npz array it reads
+    columns: tuple[str, ...] = ()  # of a 2-D array: the columns it uses, by name (mean: one; min_mean: one or more)
+    column_names: str = ""  # the test_items.npz array that names a 2-D array's columns, e.g. readers
+
+    def __post_init__(self) -> None:
+        _texts(self.key, self.label, self.array, self.column_names, *self.columns)
+        if self.stat not in ITEM_STATS:
+            raise ValueError(f"item metric {self.key}: stat {self.stat!r} is not one of {', '.join(ITEM_STATS)}")
+        if self.better not in ("max", "min"):
+            raise ValueError(f"item metric {self.key}: better {self.better!r} is not max or min")
+        allowed = {"miou": (0,), "mean": (0, 1), "min_mean": range(1, 1 << 16)}[self.stat]
+        if len(self.columns) not in allowed or bool(self.columns) != bool(self.column_names):
+            raise ValueError(f"item metric {self.key}: {len(self.columns)} named columns do not suit {self.stat}, or their names' array is missing")
 
 
 @dataclass(frozen=True)
@@ -41,15 +87,15 @@ class CurvePanel:
 class TaskSpec:
     name: str
     title: str
-    identity: tuple[str, ...]  # the fields that make a combo (one table row)
+    identity: tuple[str, ...]  # the fields that make a combo: the table's columns beside a row's label
     required: str  # a summary key without which a run is not complete
     columns: tuple[Column, ...]  # the task's own; every section ends with COMMON_TAIL
     curve_panels: tuple[CurvePanel, ...]
     bars_title: str
     bar_keys: tuple[tuple[str, str], ...]  # (summary key, label) of the bar chart
-    picture: str  # the run's picture shown side by side, one seed per combo
+    picture: str  # the run's picture (a file of the run dir) shown side by side, one seed per row
     picture_columns: int  # columns of equal width in that picture (0: show it whole)
-    picture_shared: int  # leading columns that are the same for every run (shown once); the rest per combo
+    picture_shared: int  # leading columns that are the same for every run (shown once); the rest per row
     picture_scores: tuple[tuple[str, str], ...]  # (summary key, short label) written above each picture
     wandb_lines: tuple[tuple[str, tuple[str, ...]], ...]  # (title, metric keys) of W&B line plots
     wandb_bars: tuple[tuple[str, tuple[str, ...]], ...]  # (title, summary keys) of W&B bar plots
@@ -59,6 +105,11 @@ class TaskSpec:
     # Classes whose colours the picture's legend names (s18exp.pictures.with_legend); the report takes it off
     # each run's picture before splitting it into columns and draws it once under the figure.
     picture_legend: tuple[str, ...] = ()
+    # The summary scores that the run's test_items.npz recomputes; the first is the task's headline. The report's
+    # intervals and verdicts come from them (an empty tuple: from the seeds alone, for `required`).
+    item_metrics: tuple[ItemMetric, ...] = ()
+    # (label, config key) of the settings that the line above the task's table names when every run shares them.
+    settings: tuple[tuple[str, str], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         """The spec as plain JSON values, for summary.json."""
@@ -67,7 +118,7 @@ class TaskSpec:
     @classmethod
     def from_dict(cls, block: dict[str, Any]) -> TaskSpec:
         """The spec that `as_dict` wrote (JSON has turned its tuples into lists); a KeyError, TypeError or
-        ValueError when `block` is not one."""
+        ValueError when `block` is not one. Specs written before a field existed get its default."""
         time_curve = block.get("time_curve")
         return cls(
             name=str(block["name"]),
@@ -91,6 +142,10 @@ class TaskSpec:
             notes=tuple(block.get("notes", ())),
             time_curve=Curve(**time_curve) if time_curve is not None else None,
             picture_legend=tuple(block.get("picture_legend", ())),
+            item_metrics=tuple(
+                ItemMetric(**{**metric, "columns": tuple(metric.get("columns", ()))}) for metric in block.get("item_metrics", ())
+            ),
+            settings=_pairs(block.get("settings", ())),
         )
 
 
@@ -122,7 +177,7 @@ COMMON_TAIL = (
 
 
 def generic_spec(task: str) -> TaskSpec:
-    """The section of a task whose runs carry no TaskSpec: rows by combo, columns filled in from the summaries."""
+    """The section of a task whose runs carry no TaskSpec: columns filled in from the summaries."""
     return TaskSpec(
         name=task, title=f"task {task}", identity=("combo",), required="", columns=(),
         curve_panels=(CurvePanel("loss (train solid, val dashed)", (Curve("train/loss", "train"), Curve("val/loss", "val", "--"))),),

@@ -1,42 +1,23 @@
-"""Runs -> one section per task -> one row per combo, each column a mean ± std over seeds, the best marked.
+"""Runs -> one section per task -> one row per variant (variants.py), each column a mean ± std over seeds,
+each row's 95% interval, the comparisons of rows, and the best marked only where its lead is detected
+(comparisons.py).
 
-The std is the sample standard deviation (n - 1) over the seeds of a combo, shown when n > 1; n counts
-the runs with a value. The best mean of each ranked column is marked when at least two rows compete
-(ties all marked); columns whose `better` is None (best epoch, parameters, diagnostics) are not ranked.
+The std is the sample standard deviation (n - 1) over the seeds of a row, shown when n > 1; n counts the
+runs with a value. A row is bold in a ranked column only when its lead over every other row is detected
+(`A better` against each); columns whose `better` is None (best epoch, parameters, diagnostics) are not ranked.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from s18exp.report.collect import Run, config_value
+from s18exp.report import comparisons, variants
+from s18exp.report.collect import Run
 from s18exp.report.spec import COMMON_TAIL, Column, TaskSpec, generic_spec
-
-# Settings shown above each table, read from the runs' configs (values that differ show as "mixed").
-SETTINGS = (
-    ("data", "data.name"),
-    ("image size", "data.image_size"),
-    ("epochs", "trainer.max_epochs"),
-    ("batch", "trainer.batch_size"),
-    ("lr", "trainer.lr"),
-    ("width", "model.width"),
-    ("depth", "model.depth"),
-    ("block", "model.block"),
-    ("latent", "model.latent_dim"),
-    ("limit train", "data.limit_train"),
-    ("limit val", "data.limit_val"),
-    ("limit test", "data.limit_test"),
-    ("augment", "augment.name"),
-    ("train crop", "augment.crop_size"),
-    ("weight EMA", "trainer.ema_decay"),
-)
-# What a run whose config lacks the key used, where other runs of the section set it ("off" for other keys):
-# runs from before `model.block` existed used the plain block.
-UNSET_MEANS = {"model.block": "double"}
+from s18exp.report.stats import MIN_EFFECT
 
 
 @dataclass
@@ -45,6 +26,7 @@ class Cell:
     std: float  # NaN when n < 2
     n: int
     best: bool = False
+    ci: tuple[float, float] | None = None  # the 95% interval of the mean (comparisons.py); None: not measurable
 
     @classmethod
     def of(cls, values: list[float]) -> "Cell":
@@ -72,10 +54,7 @@ class Row:
     identity: dict[str, Any]
     runs: list[Run]
     cells: dict[str, Cell] = field(default_factory=dict)
-
-    @property
-    def seeds(self) -> list[Any]:
-        return [r.identity.get("seed") for r in self.runs]
+    settings: dict[str, str] = field(default_factory=dict)  # the differing config keys -> this row's values
 
 
 @dataclass
@@ -85,52 +64,51 @@ class Section:
     columns: tuple[Column, ...]
     rows: list[Row]
     incomplete: list[Run]
-    settings: dict[str, str]
+    settings: dict[str, str]  # what every run shares: label -> value
+    varying: list[str] = field(default_factory=list)  # the config keys the rows differ in
+    stats: comparisons.SectionStats = field(default_factory=comparisons.SectionStats)
 
     @property
     def complete_runs(self) -> list[Run]:
         return [run for row in self.rows for run in row.runs]
 
-
-def _name_rows(spec: TaskSpec, rows: list[Row]) -> None:
-    """A row's name is its runs' combo (mp_tr_bce, vae_mnist_both_mp_tr); where two rows share a combo, or
-    it is missing, the identity fields joined."""
-    combos = [str(row.runs[0].identity.get("combo") or "") for row in rows]
-    for row, combo in zip(rows, combos):
-        if combo and combos.count(combo) == 1:
-            row.label = combo
-        else:
-            row.label = "-".join(str(row.identity.get(k)) for k in spec.identity)
+    @property
+    def named_by_combo(self) -> bool:
+        """Whether the rows' labels are their combos alone."""
+        return all(row.label == str(row.runs[0].identity.get("combo")) for row in self.rows)
 
 
-def build_sections(runs: list[Run]) -> list[Section]:
+def build_sections(runs: list[Run], baseline: str | None = None, min_effect: float = MIN_EFFECT) -> list[Section]:
     """One section per task, in order of first appearance; rows in order of first appearance."""
     tasks: list[str] = []
     for run in runs:
         if run.task not in tasks:
             tasks.append(run.task)
-    return [_section(task, [r for r in runs if r.task == task]) for task in tasks]
+    return [_section(task, [r for r in runs if r.task == task], baseline, min_effect) for task in tasks]
 
 
-def _section(task: str, runs: list[Run]) -> Section:
+def _section(task: str, runs: list[Run], baseline: str | None, min_effect: float) -> Section:
     """The section of one task's runs, as the TaskSpec that its first complete run wrote describes it (any run's, when no complete run wrote one)."""
     complete = [r for r in runs if r.complete]
     written = next((r.spec for r in [*complete, *runs] if r.spec is not None), None)
     spec = written or generic_spec(task)
-    rows: dict[tuple, Row] = {}
-    for run in complete:
-        key = tuple(str(run.identity.get(k)) for k in spec.identity)
-        if key not in rows:
-            rows[key] = Row("", {k: run.identity.get(k) for k in spec.identity}, [])
-        rows[key].runs.append(run)
+    found, varying = variants.variants(complete, spec)
     columns = (*(spec.columns if written else _test_columns(complete)), *COMMON_TAIL)
-    for row in rows.values():
-        row.runs.sort(key=lambda r: (str(r.identity.get("seed")), str(r.path)))
+    rows = []
+    for variant in found:
+        variant.runs.sort(key=lambda r: (str(r.identity.get("seed")), str(r.path)))
+        row = Row(variant.label, {k: variant.runs[0].identity.get(k) for k in spec.identity}, variant.runs, settings=variant.settings)
         row.cells = {c.key: Cell.of([r.value(c.key) for r in row.runs]) for c in columns}
-    ordered = list(rows.values())
-    _name_rows(spec, ordered)
-    _mark_best(ordered, columns)
-    return Section(task, spec, columns, ordered, [r for r in runs if not r.complete], _settings(complete or runs))
+        rows.append(row)
+    stats = comparisons.section_stats(
+        [row.label for row in rows], [row.runs for row in rows], columns, spec.item_metrics, spec.required, baseline, min_effect
+    )
+    for column in columns:
+        for i, (row, estimate) in enumerate(zip(rows, stats.estimates[column.key])):
+            row.cells[column.key].ci = estimate.ci
+            row.cells[column.key].best = stats.best.get(column.key) == i
+    settings = variants.common_settings(complete or runs, spec, varying)
+    return Section(task, spec, columns, rows, [r for r in runs if not r.complete], settings, varying, stats)
 
 
 def _test_columns(runs: list[Run]) -> tuple[Column, ...]:
@@ -143,34 +121,16 @@ def _test_columns(runs: list[Run]) -> tuple[Column, ...]:
     return tuple(Column(k, k.removeprefix("test/"), None) for k in keys)
 
 
-def _mark_best(rows: list[Row], columns: tuple[Column, ...]) -> None:
-    for column in columns:
-        if column.better is None:
-            continue
-        candidates = [row.cells[column.key] for row in rows if row.cells[column.key].n > 0]
-        if len(candidates) < 2:
-            continue
-        pick = max if column.better == "max" else min
-        best = pick(cell.mean for cell in candidates)
-        for cell in candidates:
-            cell.best = cell.mean == best
-
-
-def _settings(runs: list[Run]) -> dict[str, str]:
-    settings: dict[str, str] = {}
-    for label, key in SETTINGS:
-        values = Counter(str(config_value(r.config, key)) for r in runs if r.config is not None)
-        unset = values.pop("None", 0)
-        if values and unset:  # some runs use the setting and some do not
-            values[UNSET_MEANS.get(key, "off")] += unset
-        if values:
-            settings[label] = next(iter(values)) if len(values) == 1 else "mixed (" + ", ".join(sorted(values)) + ")"
-    return settings
-
-
 def header(section: Section) -> list[str]:
-    """Column titles of the table: the combo, its identity fields, n, then the metric columns."""
-    return ["combo", *_identity_fields(section), "n", *(c.label for c in section.columns)]
+    """Column titles of the table: the row's label, its identity fields, n, the metric columns (and after each
+    headline metric, its 95% interval)."""
+    first = "combo" if section.named_by_combo else "variant"
+    metrics = []
+    for column in section.columns:
+        metrics.append(column.label)
+        if _headline(section, column):
+            metrics.append("95% CI")
+    return [first, *_identity_fields(section), "n", *metrics]
 
 
 def cells(section: Section, row: Row) -> list[tuple[str, bool]]:
@@ -178,8 +138,25 @@ def cells(section: Section, row: Row) -> list[tuple[str, bool]]:
     out: list[tuple[str, bool]] = [(row.label, False)]
     out += [(str(row.identity.get(k)), False) for k in _identity_fields(section)]
     out.append((str(len(row.runs)), False))
-    out += [(row.cells[c.key].text(c.kind), row.cells[c.key].best) for c in section.columns]
+    for column in section.columns:
+        cell = row.cells[column.key]
+        out.append((cell.text(column.kind), cell.best))
+        if _headline(section, column):
+            out.append((interval_text(cell.ci), False))
     return out
+
+
+def metric_columns(section: Section) -> int:
+    """How many columns of `header` hold numbers after `n` (for alignment)."""
+    return len(header(section)) - len(_identity_fields(section)) - 2
+
+
+def interval_text(ci: tuple[float, float] | None, digits: int = 3) -> str:
+    return "–" if ci is None else f"[{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+
+
+def _headline(section: Section, column: Column) -> bool:
+    return any(key == column.key for key, _, _ in section.stats.compared)
 
 
 def _identity_fields(section: Section) -> tuple[str, ...]:

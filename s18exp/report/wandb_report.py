@@ -27,7 +27,8 @@ from typing import Any
 from urllib.parse import urlparse
 
 from s18exp.report.collect import Run
-from s18exp.report.render import LEGEND, Document, incomplete_lines, markdown_table
+from s18exp.report.comparison_text import LEGEND
+from s18exp.report.render import Document, comparisons_markdown, incomplete_lines, markdown_table
 from s18exp.tracking import logged_in
 
 SPEC_FILE = "wandb_report.json"
@@ -69,7 +70,7 @@ def report_spec(doc: Document, runs: list[Run], entity: str | None = None) -> di
     ]
     for section in doc.sections:
         spec = section.spec
-        text = [markdown_table(section), " ".join([LEGEND, *spec.notes])]
+        text = [markdown_table(section), " ".join([LEGEND, *spec.notes]), *comparisons_markdown(section)]
         if section.incomplete:
             text.append("Incomplete runs:\n" + "\n".join(f"- {line}" for line in incomplete_lines(section, doc.root)))
         panels: list[dict[str, Any]] = [

@@ -8,9 +8,11 @@ builds its task, data and model, in the order a run builds them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from hydra.utils import get_class
 from omegaconf import DictConfig
@@ -21,6 +23,17 @@ if TYPE_CHECKING:
     from s18exp.report.spec import TaskSpec
     from s18exp.runtime import Runtime
     from s18exp.tracking import Tracker
+
+
+@dataclass(frozen=True)
+class TestResult:
+    """What `Task.test` returns: the split's scores, and the per-item outcomes behind them for test_items.npz
+    (s18exp/test_items.py; empty: the task stores none from its test)."""
+
+    __test__ = False  # a result, not a test case for pytest to collect
+
+    scores: dict[str, float]
+    items: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -53,8 +66,9 @@ class Task(Protocol):
     def evaluate(self, model: nn.Module, batches: Batches, runtime: Runtime) -> dict[str, float]:
         """The scores of a split for validation, `monitor` among them (keys without the `val/` prefix)."""
 
-    def test(self, model: nn.Module, batches: Batches, runtime: Runtime) -> dict[str, float]:
-        """The scores of the test split with the best weights (keys without the `test/` prefix)."""
+    def test(self, model: nn.Module, batches: Batches, runtime: Runtime) -> TestResult:
+        """The scores of the test split with the tested weights (keys without the `test/` prefix), and the
+        per-item outcomes they come from, the same on every rank."""
 
     def finalize(self, model: nn.Module, data: Any, runtime: Runtime, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
         """After testing: the run's pictures (and any score they need); returns the entries it adds to summary.json."""

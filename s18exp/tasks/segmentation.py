@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
@@ -24,9 +25,10 @@ from s18exp.distributed import all_reduce_sum
 from s18exp.data.pets import CLASS_SCHEMES, IMAGENET_MEAN, IMAGENET_STD
 from s18exp.atomic_files import atomic_save_image
 from s18exp.runtime import Runtime
-from s18exp.metrics import ConfusionMatrix, segmentation_scores
+from s18exp.metrics import ConfusionMatrix, pair_counts, segmentation_scores
 from s18exp.pictures import captioned_grid, overlay, to_pil, with_legend
-from s18exp.report.spec import Column, Curve, CurvePanel, TaskSpec
+from s18exp.report.spec import Column, Curve, CurvePanel, ItemMetric, TaskSpec
+from s18exp.tasks import TestResult
 from s18exp.tracking import Tracker
 
 PREDICTIONS_FILE = "predictions.png"
@@ -187,6 +189,15 @@ class SegmentationTask:
             ),
             time_curve=Curve("val/miou", "validation mIoU"),
             picture_legend=classes,
+            item_metrics=(ItemMetric("test/miou", "test mIoU", "max", "miou", "confusion"),),
+            settings=(
+                ("data", "data.name"), ("image size", "data.image_size"), ("classes", "data.classes"),
+                ("epochs", "trainer.max_epochs"), ("batch", "trainer.batch_size"), ("lr", "trainer.lr"),
+                ("width", "model.width"), ("depth", "model.depth"), ("block", "model.block"),
+                ("limit train", "data.limit_train"), ("limit val", "data.limit_val"), ("limit test", "data.limit_test"),
+                ("augment", "augment.name"), ("train crop", "augment.crop_size"), ("weight EMA", "trainer.ema_decay"),
+                ("test weights", "eval.weights"), ("test TTA", "eval.tta"), ("test scales", "eval.tta_scales"),
+            ),
         )
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
@@ -252,17 +263,20 @@ class SegmentationTask:
         return {"loss": (loss_sum / len(batches.split)).item(), **scores}
 
     @torch.no_grad()
-    def test(self, model: nn.Module, batches: Batches, runtime: Runtime) -> dict[str, float]:
+    def test(self, model: nn.Module, batches: Batches, runtime: Runtime) -> TestResult:
         """The scores of `evaluate`, but at each image's original resolution and with `eval.tta` and
-        `eval.tta_scales`.
+        `eval.tta_scales`, and each image's own confusion counts.
 
         Logits at training resolution (averaged over the views of `logits`) are resized bilinearly
         to the size of the image's original mask (`full_targets` of the split), then the argmax is counted
-        against that mask. The loss stays the criterion's at training resolution, on the same logits.
+        against that mask, image by image; the split's confusion matrix is the sum of the images'. The loss
+        stays the criterion's at training resolution, on the same logits. The items (test_items.npz) are
+        `names` (N,), `confusion` (N, C, C) int64 of (true, predicted) counts, and `class_names` (C,).
         """
         model.eval()
         split = batches.split
-        confusion = ConfusionMatrix(len(self.class_names), runtime.device)
+        classes = len(self.class_names)
+        per_image = torch.zeros(len(split), classes * classes, dtype=torch.int64, device=runtime.device)
         loss_sum = torch.zeros((), device=runtime.device)
         for index in batches.index_batches():
             images, masks = runtime.to_device(split.images[index], split.targets[index])
@@ -270,11 +284,16 @@ class SegmentationTask:
             loss_sum += self.criterion(logits, masks) * len(images)
             for k, image_logits in zip(index.tolist(), logits):
                 full = split.full_targets[k].to(runtime.device)
-                confusion.update(upsampled_classes(image_logits, full.shape), full)
-        counts = all_reduce_sum(confusion.counts, runtime.dist)
+                per_image[k] = pair_counts(upsampled_classes(image_logits, full.shape), full, classes)
+        per_image = all_reduce_sum(per_image, runtime.dist).cpu()  # each rank filled the rows of its images
         loss_sum = all_reduce_sum(loss_sum, runtime.dist)
-        scores = segmentation_scores(counts.view(confusion.num_classes, -1).cpu(), self.class_names)
-        return {"loss": (loss_sum / len(split)).item(), **scores}
+        scores = segmentation_scores(per_image.sum(0).view(classes, classes), self.class_names)
+        items = {
+            "names": np.array(split.names, dtype=str),
+            "confusion": per_image.view(-1, classes, classes).numpy(),
+            "class_names": np.array(self.class_names, dtype=str),
+        }
+        return TestResult({"loss": (loss_sum / len(split)).item(), **scores}, items)
 
     @torch.no_grad()
     def predict(self, model: nn.Module, images: torch.Tensor, runtime: Runtime) -> torch.Tensor:

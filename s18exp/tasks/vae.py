@@ -36,6 +36,7 @@ from s18exp.models.judge import classify
 from s18exp.models.vae import BernoulliLikelihood, GaussianLikelihood, check_condition, gaussian_kl
 from s18exp.pictures import captioned_grid, font, side_by_side, titled, to_pil
 from s18exp.report.spec import Column, Curve, CurvePanel, TaskSpec
+from s18exp.tasks import TestResult
 from s18exp.tracking import Tracker
 
 PICTURE_SEED = 0  # not the run's seed: every run shows the same test images with the same wrong labels
@@ -226,6 +227,12 @@ class VAETask:
                 "label follow: share of wrong-label outputs that the judge classifies as the GIVEN label; "
                 "input keep: share it classifies as the input's TRUE label (not ranked: a diagnostic).",
             ),
+            settings=(
+                ("data", "data.name"), ("image size", "data.image_size"), ("epochs", "trainer.max_epochs"),
+                ("batch", "trainer.batch_size"), ("lr", "trainer.lr"), ("width", "model.width"), ("depth", "model.depth"),
+                ("latent", "model.latent_dim"), ("limit train", "data.limit_train"), ("limit val", "data.limit_val"),
+                ("limit test", "data.limit_test"), ("weight EMA", "trainer.ema_decay"),
+            ),
         )
 
     @staticmethod
@@ -296,9 +303,9 @@ class VAETask:
         recon, kl = (all_reduce_sum(sums, runtime.dist) / max(len(batches.split), 1)).tolist()
         return {"elbo": recon + kl, "recon": recon, "kl": kl}
 
-    def test(self, model: nn.Module, batches: Batches, runtime: Runtime) -> dict[str, float]:
+    def test(self, model: nn.Module, batches: Batches, runtime: Runtime) -> TestResult:
         """The test split scored as validation scores a split (`evaluate`); the judge's scores come from `finalize`."""
-        return self.evaluate(model, batches, runtime)
+        return TestResult(self.evaluate(model, batches, runtime))
 
     @torch.no_grad()
     def outputs(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, runtime: Runtime, batch_size: int = 500) -> torch.Tensor:
