@@ -181,7 +181,7 @@ def check_crop_size(value: object) -> None:
 
 def _resized(images: torch.Tensor, masks: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """float images (N, C, H, W) and masks (N, H, W) at `size`: images bilinear, antialiased (on a smaller side each
-    output pixel averages the input pixels it covers), masks nearest-exact, which takes the input pixel under each
+    output pixel is a weighted mean of all the input pixels under its footprint, as PIL's resize), masks nearest-exact, which takes the input pixel under each
     output pixel's centre, as PIL's NEAREST that made the cached masks and grid_sample's nearest do; so a mask keeps
     only class values it had."""
     images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)

@@ -17,7 +17,9 @@ A schedule (`--schedule START,RAMP_START,RAMP_END[,scaled]`, over `--epochs`, on
 `--epochs W@S=E`, default 60 for S <= 128 else 130) is predicted from `size_schedule.sizes_per_epoch`, the one
 source of the sides, and the times per image: a side between two measured ones takes the time linear in its pixel
 count between theirs. Its ratio is the predicted training time over that of every epoch at S, validation left
-out. The load average is printed before and after; figures taken above 0.5 per thread are only indicative.
+out. The load average is printed before and after; figures taken above 0.5 per thread are only indicative. On a
+machine that other work shares, run it with OMP_NUM_THREADS=1: spinning OpenMP threads that lose their core slow a
+step many times over, and the ratios with them.
 """
 
 from __future__ import annotations
