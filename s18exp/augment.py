@@ -6,6 +6,10 @@ it and stays aligned with its image everywhere, borders included. Colour jitter 
 hue), one 3x3 matrix and one offset per image, then changes the images only. The pixel work runs batched on the
 batch's device, in fp32.
 
+Views smaller than the images (a `trainer.size_schedule`'s early epochs) come from the batch resized first, images
+bilinear with antialiasing and masks nearest, then augmented at the smaller side: the affine grid and the window
+are drawn at the output size, and no view aliases the finer detail of the full-size images.
+
 Every random number is drawn on the CPU from torch's global generator; the per-sample matrices are computed from
 them there and copied to the device once per batch. run.py seeds that generator and checkpoints save its state,
 so a resumed run draws the same augmentations as an uninterrupted one, on any device.
@@ -49,6 +53,9 @@ class PairAugment:
     the mirror is a plain `flip` of the tensors: exact, and one draw per sample (sample k is mirrored when the
     k-th of `torch.rand(N)` is below flip_prob). Images come back in their own dtype (uint8 rounded), masks as
     uint8. `name` is the config option's name (none | flip | strong), which the report's settings line shows.
+
+    Called with a `size`, the views are `size` x `size`: the batch is resized to that side first (`_resized`), then
+    augmented as above at that side; the draws are the same as without it.
     """
 
     def __init__(
@@ -88,19 +95,22 @@ class PairAugment:
     def colour(self) -> bool:
         return self.brightness > 0.0 or self.contrast > 0.0 or self.saturation > 0.0 or self.hue > 0.0
 
-    def __call__(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, images: torch.Tensor, masks: torch.Tensor, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         n, device = len(images), images.device
-        height, width = images.shape[-2:]
+        height, width = images.shape[-2:] if size is None else (size, size)
+        resize = (height, width) != tuple(images.shape[-2:])
         if self.crop_size is not None and self.crop_size > min(height, width):
             raise UserError(f"augment.crop_size={self.crop_size} is larger than the {height}x{width} training images; give at most {min(height, width)}, or null for whole images")
         flip = torch.rand(n) < self.flip_prob if self.flip_prob > 0 else None
-        if not (self.geometric or self.colour):
+        if not (self.geometric or self.colour or resize):
             return (images, masks) if flip is None else _mirror(images, masks, _to_device(flip, device))
-        uniform = torch.rand(n, DRAWS)
+        uniform = torch.rand(n, DRAWS) if self.geometric or self.colour else None
         # Coordinates, colour matrices and masks in bf16 would misplace and blend pixels: all of it runs in fp32,
         # whatever autocast the training step runs under (the per-sample matrices are computed on the CPU).
         with torch.autocast(device.type, enabled=False), torch.autocast("cpu", enabled=False):
             pixels = images.float()
+            if resize:
+                pixels, masks = _resized(pixels, masks, (height, width))
             if self.geometric:
                 out_height, out_width = (height, width) if self.crop_size is None else (self.crop_size, self.crop_size)
                 theta = _to_device(self._affine(uniform[:, :5], flip, height, width, out_height, out_width), device)
@@ -167,6 +177,16 @@ def check_crop_size(value: object) -> None:
     """A UserError unless `value` (augment.crop_size) is None or a positive whole number of pixels."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise UserError(f"augment.crop_size={value!r} is not a positive whole number of pixels; e.g. augment.crop_size=128, or null for whole images")
+
+
+def _resized(images: torch.Tensor, masks: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """float images (N, C, H, W) and masks (N, H, W) at `size`: images bilinear, antialiased (on a smaller side each
+    output pixel is a weighted mean of all the input pixels under its footprint, as PIL's resize), masks nearest-exact, which takes the input pixel under each
+    output pixel's centre, as PIL's NEAREST that made the cached masks and grid_sample's nearest do; so a mask keeps
+    only class values it had."""
+    images = F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=True)
+    masks = F.interpolate(masks[:, None].float(), size=size, mode="nearest-exact")[:, 0].to(masks.dtype)
+    return images, masks
 
 
 def _mirror(images: torch.Tensor, masks: torch.Tensor, flip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -13,6 +13,7 @@ from s18exp.errors import UserError
 from s18exp.lr_find.range_test import RULES
 from s18exp.paths import CONFIG_DIR
 from s18exp.runtime import PRECISIONS
+from s18exp.size_schedule import check_size_schedule
 from s18exp.tracking import MODES
 
 AUTO = "auto"  # the value of trainer.lr that asks for an LR range test before training (s18exp/lr_find/)
@@ -92,6 +93,13 @@ def _lr_find_settings(cfg: DictConfig) -> None:
         raise UserError(f"{key}.rule={s.rule!r} is not one of {'|'.join(RULES)}; e.g. {key}.rule={RULES[0]}")
 
 
+def _task_name(cfg: DictConfig) -> str:
+    """The `name` of the task class that `task._target_` names (unet, vae)."""
+    from hydra.utils import get_class
+
+    return get_class(cfg.task._target_).name
+
+
 def validate(cfg: DictConfig, lr_find: bool = False) -> None:
     """Raise UserError naming the key, the value and the fix for the first bad value found; `lr_find`: the
     config is for the LR range test's command, which needs `trainer.lr_find` whatever `trainer.lr` says."""
@@ -128,5 +136,6 @@ def validate(cfg: DictConfig, lr_find: bool = False) -> None:
                 f"augment.crop_size={crop} must divide by 2**model.depth={step} and be at most "
                 f"data.image_size={cfg.data.image_size}; use augment.crop_size={fit}, or null for whole images"
             )
+    check_size_schedule(cfg, _task_name(cfg))
     if lr_find and cfg.trainer.get("lr_find") is None:
         raise UserError("the config has no trainer.lr_find settings; restore them in conf/trainer/default.yaml")

@@ -36,6 +36,7 @@ from s18exp.distributed import Dist, all_reduce_sum, any_rank
 from s18exp.errors import TrainingError
 from s18exp.atomic_files import atomic_link, atomic_torch_save, atomic_write_text
 from s18exp.runtime import Runtime, all_rng_states, set_rng_state, unwrap
+from s18exp.size_schedule import EpochPlan, epoch_plan
 from s18exp.stopping import Interrupted, StopRequest
 from s18exp.tracking import Tracker
 from s18exp.updates import optimizer_step
@@ -53,8 +54,11 @@ class LoopTask(Protocol):
     monitor: str  # key of the evaluation dict that picks the best epoch
     monitor_mode: str  # "max" or "min"
 
-    def training_loss(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, progress: float = 1.0) -> torch.Tensor:
-        """The batch loss; `progress` is the share of training done, 0 at the first step (for schedules)."""
+    def training_loss(
+        self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, progress: float = 1.0, size: int | None = None
+    ) -> torch.Tensor:
+        """The batch loss; `progress` is the share of training done, 0 at the first step (for schedules); `size` the
+        side of the epoch's training views (None: the images' own)."""
 
     def evaluate(self, model: nn.Module, batches: Batches, runtime: Runtime) -> dict[str, float]: ...
 
@@ -120,15 +124,20 @@ def fit(
     checkpoint_extra: dict[str, Any],
     resume: dict[str, Any] | None = None,
     stop: StopRequest | None = None,
+    plan: EpochPlan | None = None,
 ) -> TrainState:
     """Train until `trainer.max_epochs` epochs are complete, from `resume` (a last.pt) when given.
+
+    `plan` gives each epoch's side of the training views and batch size (`trainer.size_schedule`); None: every
+    epoch at `train`'s batch size on the images as they are.
 
     `model` is the plain module (or its DDP wrapper); with `trainer.compile` the steps and evaluations run
     through torch.compile's wrapper of it (of the averaged copy, with `trainer.ema_decay`), and checkpoints hold
     the plain module's state_dict.
     """
     step_model = compiled(model, trainer)
-    updates = build_updates(model, trainer, len(train), runtime)
+    plan = plan or epoch_plan(train.items, [train.batch_size] * trainer.max_epochs, [None] * trainer.max_epochs)
+    updates = build_updates(model, trainer, plan.total_steps, runtime)
     # Validation runs on each rank's shard without DDP's wrapper: it needs no gradient sync, and DDP's forward
     # syncs buffers across ranks, which hangs when the ranks' shards have different numbers of batches.
     if updates.average is not None:
@@ -140,7 +149,7 @@ def fit(
     stop = stop or StopRequest()
 
     for epoch in range(state.epochs_completed + 1, trainer.max_epochs + 1):
-        trained = train_epoch(epoch, model, step_model, task, train, trainer, runtime, updates, state, checkpoints, stop)
+        trained = train_epoch(epoch, model, step_model, task, train, trainer, runtime, updates, state, checkpoints, stop, plan)
         if updates.average is not None:
             updates.average.agree_across_ranks(runtime.dist)
         val_scores = task.evaluate(val_model, val, runtime)
@@ -151,6 +160,7 @@ def fit(
             "lr": updates.optimizer.param_groups[0]["lr"],
             "epoch_seconds": trained.seconds,
             "train_images_per_second": trained.images / trained.seconds,
+            **plan.record(epoch),
         }
         if runtime.dist.is_main:
             log_epoch(record, run_dir, tracker, trainer.max_epochs, task.monitor)
@@ -178,15 +188,18 @@ def train_epoch(
     state: TrainState,
     checkpoints: Checkpoints,
     stop: StopRequest,
+    plan: EpochPlan,
 ) -> TrainedEpoch:
-    """One epoch of updates, from `state.next_step` when the epoch was stopped part-way. A stop request saves
-    last.pt after the current step and raises `Interrupted`; too many non-finite losses raise `NonFiniteLoss`."""
+    """One epoch of updates at the plan's batch size and side, from `state.next_step` when the epoch was stopped
+    part-way. A stop request saves last.pt after the current step and raises `Interrupted`; too many non-finite losses
+    raise `NonFiniteLoss`."""
     dist = runtime.dist
     # Skipping a bad batch, and ranks agreeing on it, need to know before the update: one flag read per
     # step. Otherwise the check stays on the device and is read with the progress display (about once a
     # second) and before anything is saved, so that a GPU step has no host-device synchronisation.
     check_each_step = dist.enabled or trainer.skip_nonfinite > 0
-    train.set_epoch(epoch)
+    train.set_epoch(epoch, plan.batch_sizes[epoch - 1])
+    size = plan.sizes[epoch - 1]
     step_model.train()
     first_bad = None if check_each_step else FirstNonFinite(runtime.device)
     skip = state.next_step
@@ -201,9 +214,8 @@ def train_epoch(
             if step < skip:
                 continue
             images, targets = runtime.to_device(images, targets)
-            share_done = ((epoch - 1) * len(train) + step) / (trainer.max_epochs * len(train))
             with runtime.autocast():
-                loss = task.training_loss(step_model, images, targets, share_done)
+                loss = task.training_loss(step_model, images, targets, plan.share_done(epoch, step), size)
             if check_each_step:
                 nonfinite = (~torch.isfinite(loss.detach())).cpu()
                 flags = any_rank(torch.stack([nonfinite, torch.tensor(stop.signum is not None)]), dist)
@@ -260,13 +272,14 @@ def compiled(model: nn.Module, trainer: DictConfig) -> nn.Module:
     return torch.compile(model) if trainer.get("compile", False) else model
 
 
-def build_updates(model: nn.Module, trainer: DictConfig, steps_per_epoch: int, runtime: Runtime) -> Updates:
-    """The optimiser and schedule of `trainer.optimizer` and `trainer.scheduler`, a scaler active under fp16,
-    and with `trainer.ema_decay` the moving average, which starts as a copy of the weights at the first update."""
+def build_updates(model: nn.Module, trainer: DictConfig, total_steps: int, runtime: Runtime) -> Updates:
+    """The optimiser and schedule of `trainer.optimizer` and `trainer.scheduler` (over `total_steps` steps), a scaler
+    active under fp16, and with `trainer.ema_decay` the moving average, which starts as a copy of the weights at the
+    first update."""
     optimizer = instantiate(trainer.optimizer, params=model.parameters())
     scheduler = None
     if trainer.scheduler is not None:
-        scheduler = instantiate(trainer.scheduler, optimizer=optimizer, total_steps=trainer.max_epochs * steps_per_epoch)
+        scheduler = instantiate(trainer.scheduler, optimizer=optimizer, total_steps=total_steps)
     scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision == "fp16")
     average = None
     if trainer.get("ema_decay") is not None:

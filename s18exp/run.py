@@ -39,6 +39,7 @@ from s18exp.run_settings import SETTINGS_FILE, RunDirTaken, check_run_dir, resto
 from s18exp.run_settings import record as record_settings
 from s18exp.stopping import Interrupted, StopRequest
 from s18exp.model_summary import example_input, totals as model_totals
+from s18exp.size_schedule import plan_for, schedule_text, size_schedule
 from s18exp.tasks import build
 from s18exp.tracking import Tracker
 
@@ -128,16 +129,22 @@ def find_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
 
 
 def check_resumable(checkpoint: dict[str, Any], cfg: DictConfig, model: torch.nn.Module, world_size: int, path: Path) -> None:
-    """A resume must continue the same training: the keys that fix the step schedule and the weight average,
-    the number of ranks (the data order and the RNG states are per rank) and the model's parameter names and
-    shapes."""
+    """A resume must continue the same training: the keys that fix the step schedule, the sides of the training
+    views and the weight average, the number of ranks (the data order and the RNG states are per rank) and the
+    model's parameter names and shapes."""
     saved = OmegaConf.create(checkpoint["config"])
     averaged = OmegaConf.select(saved, "trainer.ema_decay") is not None
     needed = ("optimizer", "scaler", "train_state", "rng") + (("trained_model", "average_updates") if averaged else ())
     missing = [key for key in needed if key not in checkpoint]
     if missing:
         raise UserError(f"{path} holds weights but no training state ({', '.join(missing)}); resume from a last.pt or best.pt that a run wrote")
-    keys = ["trainer.batch_size", "trainer.ema_decay", "data.limit_train"] + (["trainer.max_epochs"] if cfg.trainer.scheduler is not None else [])
+    epochs_fixed = cfg.trainer.scheduler is not None or size_schedule(cfg) is not None
+    keys = ["trainer.batch_size", "trainer.ema_decay", "data.limit_train"] + (["trainer.max_epochs"] if epochs_fixed else [])
+    if size_schedule(saved) != size_schedule(cfg):
+        raise UserError(
+            f"trainer.size_schedule ({schedule_text(size_schedule(cfg))}) differs from the one in {path} "
+            f"({schedule_text(size_schedule(saved))}); resume with that run's trainer.size_schedule or trainer.resume=never"
+        )
     for key in keys:
         before, now = OmegaConf.select(saved, key), OmegaConf.select(cfg, key)
         if before != now:
@@ -276,6 +283,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     identity = task.describe()
     train = Batches(data.train, cfg.trainer.batch_size, shuffle=True, seed=cfg.seed, rank=dist.rank, world_size=dist.world_size)
+    plan = plan_for(cfg, train.items)
     val = Batches(data.val, cfg.trainer.eval_batch_size, rank=dist.rank, world_size=dist.world_size)
     test = Batches(data.test, cfg.trainer.eval_batch_size, rank=dist.rank, world_size=dist.world_size)
     start = time.perf_counter()
@@ -302,7 +310,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                 state = fit(
                     runtime.wrap(model), task, train, val, cfg.trainer, runtime, run_dir, tracker,
                     checkpoint_extra={"config": resolved, "class_names": list(task.class_names), "wandb_id": tracker.run_id},
-                    resume=resume, stop=stop,
+                    resume=resume, stop=stop, plan=plan,
                 )
             except RuntimeError as exc:
                 op = nondeterministic_op(exc)

@@ -92,8 +92,9 @@ def recorded_settings(run_dir: Path) -> dict[str, Any] | None:
 
 def differences(before: dict[str, Any], now: dict[str, Any], lr_auto: bool = False) -> list[str]:
     """`key: before there, now now` for every key whose value differs; not the learning rate when
-    `trainer.lr=auto` and the recorded run picked a number, nor `trainer.max_epochs` without an lr schedule."""
-    no_schedule = before.get("trainer.scheduler", "set") is None and now.get("trainer.scheduler", "set") is None
+    `trainer.lr=auto` and the recorded run picked a number, nor `trainer.max_epochs` without an lr schedule and
+    without a size schedule (whose sides depend on it)."""
+    no_schedule = _epochs_free(before) and _epochs_free(now)
     changed = []
     for key in sorted(set(before) | set(now)):
         old, new = before.get(key, "<absent>"), now.get(key, "<absent>")
@@ -103,6 +104,11 @@ def differences(before: dict[str, Any], now: dict[str, Any], lr_auto: bool = Fal
             continue
         changed.append(f"{key}: {_text(old)} there, {_text(new)} now")
     return changed
+
+
+def _epochs_free(settings: dict[str, Any]) -> bool:
+    """Whether nothing in these settings depends on `trainer.max_epochs`: no lr schedule and no size schedule."""
+    return settings.get("trainer.scheduler", "set") is None and settings.get("trainer.size_schedule.start_size") is None
 
 
 def _text(value: Any) -> str:

@@ -1,15 +1,18 @@
 """PairAugment (s18exp/augment.py): images and masks move together, masks keep their classes, the draws are
-seeded by torch's global generator, colour jitter matches torchvision's definitions, and bad strengths are
-one-line errors. The `augment` config group: options, defaults per task, and the training loss's use of it."""
+seeded by torch's global generator, colour jitter matches torchvision's definitions, views at a smaller side are
+the full-size views resized, and bad strengths are one-line errors. The `augment` config group: options, defaults per task, and the training loss's use of it."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from hydra import compose, initialize_config_dir
+from PIL import Image
 
 from s18exp.augment import GREY, PairAugment
 from s18exp.errors import UserError
@@ -355,3 +358,142 @@ def test_on_a_gpu_the_same_draws_give_the_same_augmentation() -> None:
     assert gpu_images.device.type == "cuda" and gpu_masks.device.type == "cuda"
     assert (gpu_images.cpu().int() - cpu_images.int()).abs().max() <= 2
     assert (gpu_masks.cpu() == cpu_masks).float().mean() > 0.999
+
+
+# --- views at a smaller side (trainer.size_schedule) -------------------------------------------------------
+
+
+def pil_resized(images: torch.Tensor, masks: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch resized by PIL, as the data cache resizes: images BILINEAR (antialiased when shrinking), masks
+    NEAREST; an independent resize to compare with."""
+    def resize(plane: torch.Tensor, method: Image.Resampling) -> torch.Tensor:
+        return torch.from_numpy(np.array(Image.fromarray(plane.numpy()).resize((side, side), method)))
+
+    out_images = torch.stack([torch.stack([resize(plane, Image.BILINEAR) for plane in image]) for image in images])
+    return out_images, torch.stack([resize(mask, Image.NEAREST) for mask in masks])
+
+
+def noise_batch(n: int = 4, side: int = 48) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 noise images, whose every pixel differs from its neighbours (any aliasing shows), and noise masks."""
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (n, 3, side, side), dtype=torch.uint8, generator=g), torch.randint(0, 3, (n, side, side), dtype=torch.uint8, generator=g)
+
+
+@pytest.mark.parametrize(
+    ("option", "side"), [(dict(), 32), (dict(), 24), (dict(), 16), (dict(flip_prob=0.5), 32), (dict(flip_prob=0.5), 16)]
+)
+def test_view_at_a_smaller_side_is_the_full_view_resized_as_pil_resizes(side: int, option: dict) -> None:
+    """augment=none and flip: the view at `side` is the full-size view resized, image within one level of PIL's
+    antialiased bilinear resize (plain bilinear would alias noise by tens of levels), mask exactly PIL's NEAREST.
+    Not flip at exactly half the side: there each output pixel's centre lies between two input pixels, nearest
+    takes one of them, and a mirror moves that one by a pixel (masks of 2 x 2 blocks: the geometric test below)."""
+    images, masks = noise_batch(n=8)
+    torch.manual_seed(4)
+    full_images, full_masks = PairAugment(**option)(images, masks)
+    torch.manual_seed(4)
+    small_images, small_masks = PairAugment(**option)(images, masks, side)
+    assert small_images.dtype == torch.uint8 and small_images.shape == (8, 3, side, side)
+    expected_images, expected_masks = pil_resized(full_images, full_masks, side)
+    assert (small_images.int() - expected_images.int()).abs().max() <= 1
+    assert torch.equal(small_masks, expected_masks)
+    if option:
+        assert not torch.equal(full_masks, masks)  # some samples were mirrored, by the same draws at both sides
+
+
+def smooth_images(n: int, side: int) -> torch.Tensor:
+    """uint8 images of slow sine waves, different per channel: resizing them loses nothing that matters."""
+    y, x = torch.meshgrid(torch.linspace(0, 1, side), torch.linspace(0, 1, side), indexing="ij")
+    waves = torch.stack([torch.sin(2 * math.pi * (x + 0.5 * y)), torch.cos(2 * math.pi * (0.7 * x - y)), torch.sin(3 * math.pi * y)])
+    return (128 + 60 * waves).round().to(torch.uint8).expand(n, 3, side, side).contiguous()
+
+
+@pytest.mark.parametrize(
+    ("options", "flips", "uniform"),
+    [
+        (dict(flip_prob=0.5, rotate_degrees=10), 0.0, MIDDLE),  # the mirror inside the affine matrix
+        (dict(rotate_degrees=90), 1.0, [0.5, 0.5, 1.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]),  # a quarter turn
+        (dict(scale_min=0.25), 1.0, [0.0, 0.5, 0.5, 1.0, 0.0, 0.5, 0.5, 0.5, 0.5]),  # the top-right quarter zoomed
+        (dict(flip_prob=0.5, scale_min=0.25, rotate_degrees=90), 0.0, [0.0, 0.5, 0.0, 0.0, 1.0, 0.5, 0.5, 0.5, 0.5]),
+    ],
+)
+def test_geometric_view_at_half_size_is_the_full_view_resized(
+    monkeypatch: pytest.MonkeyPatch, options: dict, flips: float, uniform: list[float]
+) -> None:
+    """Draws that map the pixel grid onto itself, on masks of 2 x 2 blocks: the half-size view's mask is exactly the
+    full-size view's mask resized nearest, and its image is the full view's resized, within a few levels."""
+    g = torch.Generator().manual_seed(1)
+    masks = torch.randint(0, 3, (4, 24, 24), dtype=torch.uint8, generator=g).repeat_interleave(2, 1).repeat_interleave(2, 2)
+    images = smooth_images(4, 48)
+    fix_draws(monkeypatch, flips, uniform)
+    full_images, full_masks = PairAugment(**options)(images, masks)
+    small_images, small_masks = PairAugment(**options)(images, masks, 24)
+    assert not torch.equal(full_masks, masks)
+    expected_images, expected_masks = pil_resized(full_images, full_masks, 24)
+    assert torch.equal(small_masks, expected_masks)
+    difference = (small_images.float() - expected_images.float()).abs()
+    assert difference.mean() < 1.5 and difference.max() <= 8
+
+
+def near_a_class_edge(masks: torch.Tensor, reach: int) -> torch.Tensor:
+    """Per pixel of (N, H, W) masks: whether a pixel of another class lies within `reach` pixels (a square)."""
+    padded = F.pad(masks[:, None].float(), (reach,) * 4, mode="replicate")
+    highest = F.max_pool2d(padded, 2 * reach + 1, stride=1)
+    lowest = -F.max_pool2d(-padded, 2 * reach + 1, stride=1)
+    return (highest != lowest)[:, 0]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_geometry_at_half_size_agrees_with_the_full_view_resized(seed: int) -> None:
+    """Random zoom, aspect, rotation and mirror, the same draws at both sides: the half-size masks agree with the
+    full-size view's masks resized nearest on at least 95% of the pixels, and everywhere further than 2 pixels from
+    a class edge, but on the view's outermost pixels, where a rotation reads the reflection of a thin band at the
+    source's corner; images agree to about a level on average."""
+    masks = blob_masks(n=8, height=64, width=64, seed=seed)
+    images = smooth_images(8, 64)
+    torch.manual_seed(seed)
+    full_images, full_masks = PairAugment(**GEOMETRY)(images, masks)
+    torch.manual_seed(seed)
+    small_images, small_masks = PairAugment(**GEOMETRY)(images, masks, 32)
+    expected_images, expected_masks = pil_resized(full_images, full_masks, 32)
+    differ = small_masks != expected_masks
+    assert differ.float().mean() < 0.05
+    assert not (differ & ~near_a_class_edge(expected_masks, 2))[:, 1:-1, 1:-1].any()
+    assert (small_images.float() - expected_images.float()).abs().mean() < 1.5
+
+
+def test_masks_at_a_smaller_side_keep_only_their_own_class_values() -> None:
+    masks = (blob_masks(n=16) > 0).to(torch.uint8) * 2  # classes 0 and 2 only, 48 x 40
+    images = torch.randint(0, 256, (16, 3, 48, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    for option, side in ((dict(), 24), (STRONG, 24), (STRONG, 32)):
+        torch.manual_seed(side)
+        out_images, out_masks = PairAugment(**option)(images, masks, side)
+        assert out_masks.shape == (16, side, side) and out_images.shape == (16, 3, side, side)
+        assert set(out_masks.unique().tolist()) == {0, 2}
+
+
+def test_a_smaller_side_draws_what_the_full_side_draws() -> None:
+    """The resize draws nothing: the generator's state after a call is the same at any side."""
+    images, masks = painted(blob_masks(n=4)), blob_masks(n=4)
+    for option in (dict(flip_prob=0.5), STRONG):
+        torch.manual_seed(2)
+        PairAugment(**option)(images, masks)
+        after_full = torch.rand(3)
+        torch.manual_seed(2)
+        PairAugment(**option)(images, masks, 24)
+        assert torch.equal(after_full, torch.rand(3))
+
+
+def test_training_loss_at_a_side_is_the_criterion_on_the_views_of_that_side() -> None:
+    tiny = ("model.width=4", "model.depth=2", "data.image_size=32")
+    task = SegmentationTask(compose_config(*tiny))
+    torch.manual_seed(0)
+    model = task.build_model().eval()
+    masks = blob_masks(n=4, height=32, width=32)
+    images = painted(masks)
+    with torch.no_grad():
+        torch.manual_seed(5)
+        loss = task.training_loss(model, images, masks, size=16)
+        torch.manual_seed(5)
+        small_images, small_masks = task.augmenter(images, masks, 16)
+        assert small_masks.shape == (4, 16, 16)
+        assert torch.equal(loss, task.criterion(model(task.normalize(small_images)), small_masks))

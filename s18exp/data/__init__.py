@@ -55,18 +55,25 @@ class Batches:
         self.rank, self.world_size = rank, world_size
         self.sampler = DistributedSampler(range(len(split)), world_size, rank, shuffle=shuffle, seed=seed) if shuffle else None
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, batch_size: int | None = None) -> None:
+        """Epoch `epoch`'s order, and from now on `batch_size` items per batch when given (a schedule's batch size)."""
         if self.sampler is not None:
             self.sampler.set_epoch(epoch)
+        if batch_size is not None:
+            self.batch_size = batch_size
 
     def indices(self) -> torch.Tensor:
         if self.sampler is not None:
             return torch.tensor(list(self.sampler), dtype=torch.long)
         return torch.arange(self.rank, len(self.split), self.world_size)
 
+    @property
+    def items(self) -> int:
+        """The items of an epoch on this rank (with shuffling, the sampler's share, padded to be equal on every rank)."""
+        return len(self.sampler) if self.sampler is not None else len(range(self.rank, len(self.split), self.world_size))
+
     def __len__(self) -> int:
-        items = len(self.sampler) if self.sampler is not None else len(range(self.rank, len(self.split), self.world_size))
-        return -(-items // self.batch_size)
+        return -(-self.items // self.batch_size)
 
     def index_batches(self) -> Iterator[torch.Tensor]:
         """The item indices of each batch, in the order `__iter__` yields the batches."""

@@ -60,8 +60,11 @@ class Task(Protocol):
     def example_input(self, image_size: int) -> tuple[torch.Tensor, ...]:
         """The model's forward arguments for one dummy image of `image_size` (a batch of one), on the CPU."""
 
-    def training_loss(self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, progress: float = 1.0) -> torch.Tensor:
-        """The loss of one training batch; `progress` is the share of training done (0 to 1)."""
+    def training_loss(
+        self, model: nn.Module, images: torch.Tensor, targets: torch.Tensor, progress: float = 1.0, size: int | None = None
+    ) -> torch.Tensor:
+        """The loss of one training batch; `progress` is the share of training done (0 to 1), `size` the side of the
+        epoch's training views (`trainer.size_schedule`; None: the images' own)."""
 
     def evaluate(self, model: nn.Module, batches: Batches, runtime: Runtime) -> dict[str, float]:
         """The scores of a split for validation, `monitor` among them (keys without the `val/` prefix)."""

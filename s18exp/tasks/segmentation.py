@@ -1,6 +1,7 @@
 """The UNet task: Oxford-IIIT Pet trimap segmentation, trained with BCE or Dice, scored on common metrics.
 
-Training batches go through the `augment` config's `PairAugment` (s18exp/augment.py). Validation scores
+Training batches go through the `augment` config's `PairAugment` (s18exp/augment.py), at the side that
+`trainer.size_schedule` gives each epoch (s18exp/size_schedule.py). Validation scores
 the resized masks at training resolution (cheap, and compared only with itself, epoch to epoch); the test
 split is scored at each image's original resolution, with the `eval.tta` and `eval.tta_scales` test-time
 augmentation.
@@ -195,7 +196,8 @@ class SegmentationTask:
                 ("epochs", "trainer.max_epochs"), ("batch", "trainer.batch_size"), ("lr", "trainer.lr"),
                 ("width", "model.width"), ("depth", "model.depth"), ("block", "model.block"),
                 ("limit train", "data.limit_train"), ("limit val", "data.limit_val"), ("limit test", "data.limit_test"),
-                ("augment", "augment.name"), ("train crop", "augment.crop_size"), ("weight EMA", "trainer.ema_decay"),
+                ("augment", "augment.name"), ("train crop", "augment.crop_size"), ("train start size", "trainer.size_schedule.start_size"),
+                ("weight EMA", "trainer.ema_decay"),
                 ("test weights", "eval.weights"), ("test TTA", "eval.tta"), ("test scales", "eval.tta_scales"),
             ),
         )
@@ -206,9 +208,12 @@ class SegmentationTask:
         mean, std = self.mean.to(images.device), self.std.to(images.device)
         return (images.float() / 255 - mean) / std
 
-    def training_loss(self, model: nn.Module, images: torch.Tensor, masks: torch.Tensor, progress: float = 1.0) -> torch.Tensor:
-        """The criterion on an augmented batch; the same at every point of training, whatever `progress`."""
-        images, masks = self.augmenter(images, masks)
+    def training_loss(
+        self, model: nn.Module, images: torch.Tensor, masks: torch.Tensor, progress: float = 1.0, size: int | None = None
+    ) -> torch.Tensor:
+        """The criterion on the batch's augmented views of side `size` (None: the images' own); the same at every
+        point of training, whatever `progress`."""
+        images, masks = self.augmenter(images, masks, size)
         return self.criterion(model(self.normalize(images)), masks)
 
     def logits(

@@ -263,8 +263,12 @@ class VAETask:
             return None
         return (torch.rand(count) < self.prior_z_share).to(device)
 
-    def training_loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, progress: float = 1.0) -> torch.Tensor:
-        """The negative ELBO with the KL weighted by `beta_at(progress)`, mean over the batch, in nats per image;
+    def training_loss(
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, progress: float = 1.0, size: int | None = None
+    ) -> torch.Tensor:
+        """The negative ELBO with the KL weighted by `beta_at(progress)`, mean over the batch, in nats per image,
+        at the images' own size (config validation refuses a `trainer.size_schedule` for the VAE, so the loop's
+        `size` is always that size);
         the rows of `prior_rows` are decoded from a prior z (their reconstruction term then teaches the decoder
         to draw the label's class from any z). With the guide on (`task.guide_weight` > 0), plus the guide's
         cross-entropy on the real images (half blurred) and `guide_weight` x its cross-entropy on each z decoded
