@@ -20,21 +20,26 @@ AUTO = "auto"  # the value of trainer.lr that asks for an LR range test before t
 TEST_WEIGHTS = ("best", "last")  # eval.weights: checkpoints/best.pt (best validation score) or last.pt (end of training)
 
 
-def default_of(key: str) -> Any:
-    """The value `key` has in the config groups this run selected, before the command line's values (None
-    when it has none): composed again, only when an error needs an example."""
+def default_config(choices: Any = None) -> DictConfig:
+    """The config that the config groups of `choices` (group -> option, Hydra's `runtime.choices`; this run's
+    when None) compose to before the command line's values."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
 
-    choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
+    if choices is None:
+        choices = HydraConfig.get().runtime.choices if HydraConfig.initialized() else {}
     selection = [f"{group}={choice}" for group, choice in choices.items() if choice is not None and not group.startswith("hydra")]
     if GlobalHydra.instance().is_initialized():
-        cfg = compose(config_name="config", overrides=selection)
-    else:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=selection)
-    return OmegaConf.select(cfg, key, default=None)
+        return compose(config_name="config", overrides=selection)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=selection)
+
+
+def default_of(key: str) -> Any:
+    """The value `key` has in the config groups this run selected, before the command line's values (None
+    when it has none): composed again, only when an error needs an example."""
+    return OmegaConf.select(default_config(), key, default=None)
 
 
 def _example(key: str, kind: type) -> str:

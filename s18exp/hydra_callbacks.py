@@ -47,7 +47,7 @@ class RunDirCheck(Callback):
         from s18exp.run_settings import RunDirTaken, check_run_dir
 
         try:
-            check_run_dir(_task_config(config), Path(str(config.hydra.run.dir)))
+            check_run_dir(_task_config(config), Path(str(config.hydra.run.dir)), choices=config.hydra.runtime.choices)
         except RunDirTaken as exc:
             _refuse(str(exc))
         except Exception:
@@ -65,7 +65,7 @@ class RunDirCheck(Callback):
                     OmegaConf.to_container(task, resolve=True)
                 except Exception:
                     continue  # the job reports its own config error
-                check_run_dir(task, job_dir, "hydra.sweep.dir")
+                check_run_dir(task, job_dir, "hydra.sweep.dir", choices=job.hydra.runtime.choices)
         except RunDirTaken as exc:
             _refuse(str(exc))
 

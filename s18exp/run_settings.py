@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -43,6 +43,9 @@ VOLATILE = (
     "trainer.compile",
     "trainer.eval_batch_size",
 )
+
+
+ABSENT = object()  # what a key is on the side whose settings do not have it
 
 
 class RunDirTaken(UserError):
@@ -90,41 +93,58 @@ def recorded_settings(run_dir: Path) -> dict[str, Any] | None:
     return None
 
 
-def differences(before: dict[str, Any], now: dict[str, Any], lr_auto: bool = False) -> list[str]:
+def differences(
+    before: dict[str, Any], now: dict[str, Any], lr_auto: bool = False, default_of: Callable[[str], Any] | None = None
+) -> list[str]:
     """`key: before there, now now` for every key whose value differs; not the learning rate when
-    `trainer.lr=auto` and the recorded run picked a number, nor `trainer.max_epochs` without an lr schedule and
-    without a size schedule (whose sides depend on it)."""
-    no_schedule = _epochs_free(before) and _epochs_free(now)
+    `trainer.lr=auto` and the recorded run picked a number, nor `trainer.max_epochs` without an lr schedule,
+    nor a key the recorded run predates that the command leaves at its default (`default_of(key)`, the
+    default config's value): new settings default to what the project did before they existed."""
+    no_schedule = before.get("trainer.scheduler", "set") is None and now.get("trainer.scheduler", "set") is None
     changed = []
     for key in sorted(set(before) | set(now)):
-        old, new = before.get(key, "<absent>"), now.get(key, "<absent>")
+        old, new = before.get(key, ABSENT), now.get(key, ABSENT)
         if old == new or (lr_auto and key in ("trainer.lr", "trainer.optimizer.lr", "trainer.scheduler.max_lr") and new == "auto"):
             continue
         if key == "trainer.max_epochs" and no_schedule:
+            continue
+        if old is ABSENT and default_of is not None and new == default_of(key):
             continue
         changed.append(f"{key}: {_text(old)} there, {_text(new)} now")
     return changed
 
 
-def _epochs_free(settings: dict[str, Any]) -> bool:
-    """Whether nothing in these settings depends on `trainer.max_epochs`: no lr schedule and no size schedule."""
-    return settings.get("trainer.scheduler", "set") is None and settings.get("trainer.size_schedule.start_size") is None
+def default_settings(choices: Any = None) -> Callable[[str], Any]:
+    """`key -> its value in the default config of these group choices` (settings_of's flat keys), composed
+    once, at the first call."""
+    composed: dict[str, Any] = {}
+
+    def lookup(key: str) -> Any:
+        if not composed:
+            from s18exp.config import default_config
+
+            composed.update(settings_of(default_config(choices)))
+        return composed.get(key, ABSENT)
+
+    return lookup
 
 
 def _text(value: Any) -> str:
-    return "null" if value is None else str(value)
+    return "absent" if value is ABSENT else "null" if value is None else str(value)
 
 
-def check_run_dir(cfg: DictConfig, run_dir: Path, where: str = "hydra.run.dir") -> None:
+def check_run_dir(cfg: DictConfig, run_dir: Path, where: str = "hydra.run.dir", choices: Any = None) -> None:
     """RunDirTaken when `run_dir` holds a run (complete or stopped) made with other settings than `cfg`'s,
-    unless `trainer.resume=never`, which replaces it. `where`: the setting that names the dir, for the message."""
+    unless `trainer.resume=never`, which replaces it. `where`: the setting that names the dir, for the message;
+    `choices`: the config groups `cfg` was composed from (Hydra's `runtime.choices`; this run's when None), whose
+    defaults a key newer than the recorded run may keep."""
     if str(OmegaConf.select(cfg, "trainer.resume", default="auto")) == "never" or not run_dir.is_dir():
         return
     before = recorded_settings(run_dir)
     if before is None:
         return
     lr_auto = OmegaConf.select(cfg, "trainer.lr", default=None) == "auto"
-    changed = differences(before, settings_of(cfg), lr_auto)
+    changed = differences(before, settings_of(cfg), lr_auto, default_settings(choices))
     if changed:
         copies = _interpolated_keys(cfg)  # keys that only repeat another key (optimizer.lr: ${trainer.lr})
         named = [line for line in changed if line.split(":")[0] not in copies] or changed

@@ -204,3 +204,24 @@ def test_deterministic_cpu_run_repeats_and_a_gpu_upsample_run_is_refused_first(t
     (line,) = error_lines(result)
     assert "decoder=upsample" in line and "trainer.deterministic=false" in line
     assert not (run_dir / "checkpoints").exists() and not (run_dir / "metrics.jsonl").exists()
+
+
+def test_a_setting_newer_than_the_run_counts_only_when_it_leaves_its_default() -> None:
+    """A run dir recorded before a setting existed is the same run as a command that leaves the new setting at
+    its default; a command that sets it is not. Keys both sides have compare as they are."""
+    from s18exp.run_settings import differences
+
+    before = {"trainer.lr": 0.001, "model.width": 8}
+    defaults = {"trainer.size_schedule.start_size": None, "trainer.size_schedule.ramp_end": 0.7}
+    def default_of(key: str) -> object:
+        return defaults.get(key, object())
+
+    now = {**before, **defaults}
+    assert differences(before, now, default_of=default_of) == []
+    assert differences(before, {**now, "trainer.size_schedule.start_size": 64}, default_of=default_of) == [
+        "trainer.size_schedule.start_size: absent there, 64 now"
+    ]
+    assert differences(before, now) == [
+        "trainer.size_schedule.ramp_end: absent there, 0.7 now", "trainer.size_schedule.start_size: absent there, null now"
+    ]
+    assert differences({**before, "model.width": 16}, now, default_of=default_of) == ["model.width: 16 there, 8 now"]
