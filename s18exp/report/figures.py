@@ -16,24 +16,18 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from s18exp.atomic_files import atomic_write_bytes
-from s18exp.pictures import legend, with_legend
+from s18exp.pictures import LEGEND_HEIGHT, TITLE_HEIGHT, draw_lines, font, legend, line_height, text_width, with_legend
 from s18exp.report.collect import Run
 from s18exp.report.stats import NO_DIFFERENCE
 from s18exp.report.table import Cell, Row, Section
 
 DPI = 100
 PICTURE_HEIGHT = 720  # the side-by-side pictures are scaled to this height (pixels), keeping their aspect
+PICTURE_TITLE_SIZE = 14  # font size of the headings over the side-by-side pictures
 SAME_PICTURE_MEAN_DIFF = 10.0  # mean absolute difference (0-255 levels) below which two strips are the same
-
-
-def font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has one fixed-size default font
-        return ImageFont.load_default()
 
 
 def _colours(n: int) -> list:
@@ -228,7 +222,7 @@ def pictures(section: Section, path: Path) -> Path | None:
             file = run.path / name
             if file is not None and file.is_file():
                 try:
-                    image = without_legend(Image.open(file).convert("RGB"), section.spec.picture_legend)
+                    image = grid_only(file, section.spec.picture_legend)
                 except OSError:
                     continue
                 scores = "  ".join(
@@ -246,6 +240,24 @@ def pictures(section: Section, path: Path) -> Path | None:
     canvas.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG).save(buffer, format="PNG", optimize=True)
     atomic_write_bytes(buffer.getvalue(), path)
     return path
+
+
+def grid_only(file: Path, class_names: tuple[str, ...]) -> Image.Image:
+    """A run's picture without its title band and colour legend: the heights its PNG text chunks give
+    (pictures.TITLE_HEIGHT, LEGEND_HEIGHT), read as untrusted numbers; a picture without them (an older
+    run's) loses the legend `without_legend` recognises."""
+    with Image.open(file) as opened:
+        notes = dict(getattr(opened, "text", None) or {})
+        image = opened.convert("RGB")
+    title, legend_h = _band(notes.get(TITLE_HEIGHT), image.height), _band(notes.get(LEGEND_HEIGHT), image.height)
+    if title is None or legend_h is None or title + legend_h >= image.height:
+        return without_legend(image, class_names)
+    return image.crop((0, title, image.width, image.height - legend_h))
+
+
+def _band(value: object, height: int) -> int | None:
+    text = str(value) if value is not None else ""
+    return int(text) if text.isdigit() and int(text) < height else None
 
 
 def without_legend(image: Image.Image, class_names: tuple[str, ...]) -> Image.Image:
@@ -307,17 +319,20 @@ def _hstack(images: list[Image.Image]) -> Image.Image:
 
 
 def _side_by_side(panels: list[tuple[str, Image.Image]]) -> Image.Image:
+    """The panels in a row at one height, each under its title (lines split at newlines); title and panel
+    are both centred in the panel's slot, so that every heading stands over its own column."""
     height = min(PICTURE_HEIGHT, max(image.height for _, image in panels))
     scaled = [(t, i.resize((max(1, round(i.width * height / i.height)), height), Image.LANCZOS)) for t, i in panels]
-    pad, title_h = 8, 36
-    text_font = font(12)
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    slots = [max(image.width, measure.multiline_textbbox((0, 0), title, font=text_font, spacing=2)[2]) for title, image in scaled]
+    pad = 8
+    text_font = font(PICTURE_TITLE_SIZE)
+    titles = [title.split("\n") for title, _ in scaled]
+    title_h = max(len(lines) for lines in titles) * line_height(text_font) + pad
+    slots = [max(image.width, *(round(text_width(line, text_font)) for line in lines)) for lines, (_, image) in zip(titles, scaled)]
     canvas = Image.new("RGB", (sum(slots) + pad * (len(slots) + 1), title_h + height + 2 * pad), "white")
     draw = ImageDraw.Draw(canvas)
     x = pad
-    for (title, image), slot in zip(scaled, slots):
-        draw.multiline_text((x, pad // 2), title, fill="black", font=text_font, spacing=2)
+    for lines, (_, image), slot in zip(titles, scaled, slots):
+        draw_lines(draw, (x, pad // 2), lines, text_font, width=slot)
         canvas.paste(image, (x + (slot - image.width) // 2, title_h + pad))
         x += slot + pad
     return canvas

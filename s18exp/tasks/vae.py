@@ -387,9 +387,12 @@ class VAETask:
             return data.train
         return self.build_data(limit_train=limit, limit_val=1, limit_test=1).train
 
-    def finalize(self, model: nn.Module, data: Any, runtime: Runtime, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
+    def finalize(
+        self, model: nn.Module, data: Any, runtime: Runtime, run_dir: Path, tracker: Tracker, scores: dict[str, float] | None = None
+    ) -> dict[str, Any]:
         """wrong_labels.png, reconstructions.png and samples.png; then the judge's scores of the wrong-label
-        outputs of the whole test split. Returns the entries it adds to summary.json."""
+        outputs of the whole test split. Returns the entries it adds to summary.json. The test split's `scores`
+        are not needed: the VAE's headline, label follow, is the judge's, computed here."""
         test: TensorSplit = data.test
         generator = torch.Generator().manual_seed(PICTURE_SEED)
         given_all = other_labels(test.targets, self.num_classes, generator)
