@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
@@ -25,6 +27,19 @@ def overlay(image: Image.Image, mask: torch.Tensor | np.ndarray, alpha: float = 
     """The mask's colours blended over the image."""
     colours = colorize(mask).resize(image.size, Image.NEAREST)
     return Image.blend(image.convert("RGB"), colours, alpha)
+
+
+def mask_picture(classes: np.ndarray, values: list[int]) -> Image.Image:
+    """A mask as its file holds it: pixel value `values[k]` for class k (the data set's 1/2/3 of a trimap, or
+    0/1), in mode "P" with a palette that shows each value in its class's PALETTE colour, so that an image
+    viewer shows the classes where plain values 1, 2 and 3 would look black; reading the file gives the
+    values back."""
+    picture = Image.fromarray(np.asarray(values, dtype=np.uint8)[np.asarray(classes)])
+    palette = np.zeros((256, 3), dtype=np.uint8)
+    for k, value in enumerate(values):
+        palette[value] = PALETTE[k % len(PALETTE)]
+    picture.putpalette(palette.tobytes())  # an "L" picture becomes "P", its pixel values unchanged
+    return picture
 
 
 def font(size: int = 12) -> ImageFont.ImageFont:
@@ -209,9 +224,14 @@ def legend(class_names: list[str], width: int, size: int = 12, pad: int = 4) -> 
     return strip
 
 
+@lru_cache(maxsize=64)
+def _legend_strip(class_names: tuple[str, ...], width: int, size: int) -> Image.Image:
+    return legend(list(class_names), width, size)  # `predict` draws one per image: most share a width
+
+
 def with_legend(picture: Image.Image, class_names: list[str], size: int = 12) -> Image.Image:
     """`picture` with the colour legend of `class_names` below it, in a font of `size`."""
-    strip = legend(class_names, picture.width, size)
+    strip = _legend_strip(tuple(class_names), picture.width, size)
     canvas = Image.new("RGB", (picture.width, picture.height + strip.height), "white")
     canvas.paste(picture, (0, 0))
     canvas.paste(strip, (0, picture.height))

@@ -45,7 +45,7 @@ from s18exp.data.pets import CLASS_SCHEMES, MASK_FILE_VALUES
 from s18exp.errors import UserError
 from s18exp.runtime import Runtime
 from s18exp.metrics import pair_counts, segmentation_scores
-from s18exp.pictures import overlay
+from s18exp.pictures import mask_picture, overlay, with_legend
 from s18exp.tasks.segmentation import SegmentationTask, scales_text, tta_mode, tta_scales, upsampled_classes
 
 USAGE = (
@@ -129,12 +129,16 @@ def image_classes(logits: torch.Tensor, images: list[Image.Image]) -> list[np.nd
     return [upsampled_classes(one, (image.height, image.width)).cpu().numpy() for one, image in zip(logits, images)]
 
 
-def finish_batch(output: Path, paths: list[Path], images: list[Image.Image], logits: torch.Tensor, values: np.ndarray) -> list[np.ndarray]:
-    """Masks at each image's resolution, written with their overlays; returned for scoring."""
+def finish_batch(
+    output: Path, paths: list[Path], images: list[Image.Image], logits: torch.Tensor, values: list[int], class_names: list[str]
+) -> list[np.ndarray]:
+    """Masks at each image's resolution, written as palette PNGs of the class `values`, with their overlays
+    (the colour legend under each); returned for scoring. Masks are written at the fastest PNG compression
+    level: a picture of two or three values compresses well at any level."""
     masks = image_classes(logits, images)
     for path, image, classes in zip(paths, images, masks):
-        atomic_save_image(Image.fromarray(values[classes]), output / f"{path.stem}.png")
-        atomic_save_image(overlay(image, classes), output / f"{path.stem}_overlay.jpg")
+        atomic_save_image(mask_picture(classes, values), output / f"{path.stem}.png", compress_level=1)
+        atomic_save_image(with_legend(overlay(image, classes), class_names), output / f"{path.stem}_overlay.jpg")
     return masks
 
 
@@ -189,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     runtime = Runtime(device, precision, channels_last=False)
     size = int(cfg.data.image_size)
     per_batch = batch_size(args["batch_size"], int(OmegaConf.select(cfg, "trainer.eval_batch_size", default=8)))
-    values = np.array(MASK_FILE_VALUES[cfg.data.classes], dtype=np.uint8)
+    values = list(MASK_FILE_VALUES[cfg.data.classes])
     classes = len(task.class_names)
     scored: dict[str, torch.Tensor] = {}  # image file name -> its (true, predicted) counts, in the order scored
     output.mkdir(parents=True, exist_ok=True)
@@ -215,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             if finishing is not None:
                 score(*finishing)
                 progress.advance(len(finishing[0]))
-            finishing = (paths, writer.submit(finish_batch, output, paths, images, logits, values))
+            finishing = (paths, writer.submit(finish_batch, output, paths, images, logits, values, list(task.class_names)))
         if finishing is not None:
             score(*finishing)
             progress.advance(len(finishing[0]))

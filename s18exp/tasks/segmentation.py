@@ -92,6 +92,12 @@ def class_argmax(scores: torch.Tensor) -> torch.Tensor:
     return index
 
 
+def predictions_title(run_name: str, scores: dict[str, float] | None, tested: int, shown: int) -> str:
+    """The title of predictions.png: the run, its test mIoU when known, and how many test images it shows."""
+    score = f": test mIoU {scores['miou']:.3f}" if scores and "miou" in scores else ""
+    return f"{run_name}{score} ({tested} test images; {shown} shown)"
+
+
 class SegmentationTask:
     """The UNet's data, model, training loss and scoring.
 
@@ -336,8 +342,7 @@ class SegmentationTask:
             rows, ["image", "ground truth", "prediction"], [[n, "", ""] for n in chosen.names], caption_height=PREDICTION_TEXT + 4,
             min_tile=PREDICTION_TILE,
         )
-        score = f": test mIoU {scores['miou']:.3f}" if scores and "miou" in scores else ""
-        framed = titled(grid, f"{self.cfg.run_name}{score} ({len(test)} test images; {count} shown)", size=PREDICTION_TEXT + 2)
+        framed = titled(grid, predictions_title(self.cfg.run_name, scores, len(test), count), size=PREDICTION_TEXT + 2)
         picture = with_legend(framed, self.class_names, size=PREDICTION_TEXT)
         bands = {TITLE_HEIGHT: str(framed.height - grid.height), LEGEND_HEIGHT: str(picture.height - framed.height)}
         atomic_save_image(picture, run_dir / PREDICTIONS_FILE, text=bands)
