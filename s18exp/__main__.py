@@ -9,6 +9,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from s18exp.openmp import wait_passively_unless_set
+
+wait_passively_unless_set()  # before anything loads torch and its OpenMP runtime (s18exp/openmp.py)
+
 import hydra
 from omegaconf import DictConfig, OmegaConf
 

@@ -33,6 +33,10 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from s18exp.openmp import wait_passively_unless_set
+
+wait_passively_unless_set()  # before torch loads its OpenMP runtime (s18exp/openmp.py)
+
 import numpy as np
 import torch
 from omegaconf import OmegaConf
