@@ -1,8 +1,9 @@
 """`python -m s18exp.predict ckpt=RUN_DIR input=DIR_OR_FILE output=DIR [truth=DIR] [tta=none|flip] [tta_scales=F,F,...] [device=auto] [precision=auto|bf16|fp32] [batch_size=N]`
 
 For each input image writes `<stem>.png`, a mask at the image's original resolution (trimap coding
-1 pet, 2 background, 3 border; for a `data.classes=binary` model 0 background, 1 pet), and
-`<stem>_overlay.jpg`, the mask's colours over the image. `ckpt=` is a run dir (the checkpoint its test split
+1 pet, 2 background, 3 border; for a `data.classes=binary` model 0 background, 1 pet) as a palette PNG that
+shows each value in its class's colour, and `<stem>_overlay.jpg`, the mask's colours over the image with the
+colour legend under it. `ckpt=` is a run dir (the checkpoint its test split
 was scored with, `checkpoints/best.pt` or `last.pt` as its `eval.weights` said) or a checkpoint file;
 everything the model needs (its config, class names, weights) comes from it. Logits are resized to the
 original resolution (bilinear) before the argmax, so mask edges follow the image rather than a blocky
