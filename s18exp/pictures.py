@@ -20,12 +20,14 @@ def to_pil(image: torch.Tensor) -> Image.Image:
 
 def colorize(mask: torch.Tensor | np.ndarray) -> Image.Image:
     """(H, W) class indices -> RGB picture in PALETTE colours."""
-    return Image.fromarray(PALETTE[np.asarray(mask, dtype=np.int64) % len(PALETTE)])
+    return Image.fromarray(np.take(PALETTE, np.asarray(mask), axis=0, mode="wrap"))  # wrap: index modulo the palette
 
 
 def overlay(image: Image.Image, mask: torch.Tensor | np.ndarray, alpha: float = 0.5) -> Image.Image:
-    """The mask's colours blended over the image."""
-    colours = colorize(mask).resize(image.size, Image.NEAREST)
+    """The mask's colours blended over the image (the mask resized NEAREST to the image when their sizes differ)."""
+    colours = colorize(mask)
+    if colours.size != image.size:
+        colours = colours.resize(image.size, Image.NEAREST)
     return Image.blend(image.convert("RGB"), colours, alpha)
 
 

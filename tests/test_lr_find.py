@@ -302,7 +302,7 @@ def test_lr_find_command_writes_the_curve(tiny_pets: TinyPets, tmp_path: Path) -
     assert found["lr"][0] == pytest.approx(1e-6) and found["rule"] == "min_div10"
     assert found["settings"]["start_lr"] <= found["pick"] <= found["settings"]["end_lr"]
     with Image.open(run / "lr_find.png") as picture:
-        assert picture.size == (820, 500)
+        assert picture.size == (840, 500)
     assert "LR range test" in result.stdout and f"trainer.lr={found['pick']:.3g}" in result.stdout
     assert not (run / "wandb").exists()  # the standalone look starts no W&B run
     assert not (run / "checkpoints").exists()
