@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     tta = tta_mode(args["tta"], "tta") if args["tta"] is not None else task.tta
     scales = tta_scales(args["tta_scales"], "tta_scales") if args["tta_scales"] is not None else task.tta_scales
     precision = cli.precision(args["precision"], str(OmegaConf.select(cfg, "trainer.precision", default="fp32")), device)
-    runtime = Runtime(device, precision, channels_last=False)
+    runtime = cli.checkpoint_runtime(cfg, device, precision)
+    model = runtime.prepare_model(model)
     size = int(cfg.data.image_size)
     per_batch = batch_size(args["batch_size"], int(OmegaConf.select(cfg, "trainer.eval_batch_size", default=8)))
     values = list(MASK_FILE_VALUES[cfg.data.classes])
