@@ -37,6 +37,7 @@ from s18exp.config import AUTO
 from s18exp.lr_find.auto import auto_lr
 from s18exp.lr_find.display import log_to as log_lr_find
 from s18exp.report.spec import SUMMARY_BLOCK
+from s18exp.run_display import closing_line, show_header
 from s18exp.run_settings import SETTINGS_FILE, RunDirTaken, check_run_dir, restore_hydra_files
 from s18exp.run_settings import record as record_settings
 from s18exp.stopping import Interrupted, StopRequest
@@ -364,33 +365,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if dist.is_main and sweep_job is None:
         console.info(closing_line(summary, task.report_spec(), run_dir, time.perf_counter() - started), markup=False)
     return summary
-
-
-def show_header(
-    cfg: DictConfig, identity: dict[str, Any], combo_keys: tuple[str, ...], sizes: Any, data: Any, runtime: Runtime,
-    run_dir: Path, sweep_job: str | None,
-) -> None:
-    """What the run is, before it starts: a few lines for a single run, one line for a job of a sweep."""
-    items = f"{len(data.train)} train / {len(data.val)} val / {len(data.test)} test items"
-    threads = torch.get_num_threads()
-    where = f"{runtime.device} {runtime.precision}" + (f", {threads} thread{'s' if threads > 1 else ''}" if runtime.device.type == "cpu" else "")
-    where += f", {runtime.dist.world_size} ranks" if runtime.dist.enabled else ""
-    if sweep_job is not None:
-        console.info(f"{sweep_job}{cfg.run_name}: {sizes.params:,} parameters, {items}, {where}, run dir {run_dir}", markup=False)
-        return
-    combo = ", ".join(f"{key} {identity[key]}" for key in combo_keys)
-    console.show_header(
-        f"{identity['task']} {cfg.run_name} ({combo}, seed {identity['seed']})",
-        [f"model: {sizes.line()}", f"data: {items}, {cfg.trainer.max_epochs} epochs", f"device: {where}", f"run dir: {run_dir}"],
-    )
-
-
-def closing_line(summary: dict[str, Any], spec: Any, run_dir: Path, seconds: float) -> str:
-    """The last line of a run: how long it took, its headline score and where everything is."""
-    headline = spec.headline()
-    value = summary.get(headline[0]) if headline else None
-    score = f"{headline[1]} {value:.3f}, " if isinstance(value, (int, float)) else ""
-    return f"done in {console.duration(seconds)}: {score}run dir {run_dir}"
 
 
 def read_last_state(run_dir: Path) -> dict[str, Any]:
