@@ -9,6 +9,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from s18exp.openmp import wait_passively_unless_set
+
+wait_passively_unless_set()  # before anything loads torch and its OpenMP runtime (s18exp/openmp.py)
+
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
@@ -29,7 +33,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     from s18exp import console
     from s18exp.errors import TrainingError, UserError, one_line
     from s18exp.run import run, summary_stamp
-    from s18exp.run_settings import RunDirTaken
+    from s18exp.resuming import resume_command
+    from s18exp.run_settings import RunDirTaken, holds_a_run, remove_unstarted
     from s18exp.stopping import Interrupted
 
     hydra_cfg = HydraConfig.get()
@@ -40,14 +45,20 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         console.error(MULTIRUN_UNDER_TORCHRUN)
         sys.exit(2)
     before = summary_stamp(run_dir)
+    unused_dir = not multirun and not holds_a_run(run_dir)
     try:
         summary = run(cfg)
     except Interrupted as exc:
         # Also ends a sweep or a search: its trial stays unfinished in the study, and a rerun continues it.
         console.error(str(exc))
+        if distributed.init().is_main:
+            key, folder = ("hydra.sweep.dir", hydra_cfg.sweep.dir) if multirun else ("hydra.run.dir", run_dir)
+            console.info(f"to continue it: {resume_command(sys.argv[1:], key, Path(folder))}", markup=False)
         sys.exit(exc.exit_code)
     except (UserError, TrainingError) as exc:
         console.error(str(exc))
+        if unused_dir and isinstance(exc, UserError) and distributed.init().is_main:
+            remove_unstarted(run_dir, f"{hydra_cfg.job.name}.log")  # refused before training: leave no stray dir
         if multirun and not isinstance(exc, RunDirTaken):  # a refused job leaves the run it found as it was
             job_failed(run_dir, cfg, one_line(exc), before)
         if objective:

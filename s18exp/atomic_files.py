@@ -67,10 +67,18 @@ def atomic_write_json(obj: Any, path: str | Path, sort_keys: bool = True) -> Non
     atomic_write_text(json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n", path)
 
 
-def atomic_save_image(image: Any, path: str | Path) -> None:
-    """A PIL image, its format from the suffix (.png, .jpg, .jpeg)."""
+def atomic_save_image(image: Any, path: str | Path, text: dict[str, str] | None = None, **options: Any) -> None:
+    """A PIL image, its format from the suffix (.png, .jpg, .jpeg); `text`: key-value notes a PNG carries in
+    its own text chunks; `options`: the format's save options (e.g. `compress_level`, `quality`)."""
     fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}[Path(path).suffix.lower()]
-    atomic_write(path, lambda f: image.save(f, format=fmt))
+    if text:
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        for key, value in text.items():
+            info.add_text(key, value)
+        options["pnginfo"] = info
+    atomic_write(path, lambda f: image.save(f, format=fmt, **options))
 
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:

@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Callable, ParamSpec
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from s18exp import console
 from s18exp.checkpoint import run_weights_file
 from s18exp.errors import UserError, find_user_error
-from s18exp.runtime import resolve_device
+from s18exp.runtime import Runtime, resolve_device
 
 DEVICE_HELP = "auto|cpu|cuda|cuda:N"
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -109,3 +110,10 @@ def precision(value: str, trained: str, where: torch.device) -> str:
     if value != "auto":
         return value
     return "bf16" if trained in ("auto", "bf16") and bf16_native(where) else "fp32"
+
+
+def checkpoint_runtime(cfg: DictConfig, device: torch.device, chosen_precision: str) -> Runtime:
+    """Where and how a command computes a checkpoint's model: in the memory layout its run trained and tested
+    in (`trainer.channels_last`, on by default), which on a CPU with bf16 also runs the UNet about twice as
+    fast as the plain layout (measured for predict); pass the model through its `prepare_model`."""
+    return Runtime(device, chosen_precision, channels_last=bool(OmegaConf.select(cfg, "trainer.channels_last", default=False)))

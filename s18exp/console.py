@@ -17,7 +17,6 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
 from rich.table import Table
-from rich.tree import Tree
 
 log = logging.getLogger("s18exp")
 # Without a handler of its own, a command that configures no logging (predict, generate) would have Python
@@ -34,22 +33,52 @@ def set_quiet(quiet: bool) -> None:
     _quiet = quiet
 
 
-def show_config(cfg: DictConfig, on_terminal: bool = True) -> None:
-    """The resolved config as a tree on the terminal when `on_terminal`; the log file always gets it as YAML."""
-    container = OmegaConf.to_container(cfg, resolve=True)
-    tree = Tree("[bold]config")
-    _add_branches(tree, container)
-    if on_terminal and not _quiet:
-        console.print(tree)
-    log.info("resolved config:\n%s", OmegaConf.to_yaml(container))
+def log_config(cfg: DictConfig) -> None:
+    """The resolved config as YAML into the log file only: the terminal shows the run's header instead
+    (`python -m s18exp --cfg job` prints the whole config without running)."""
+    log.info("resolved config:\n%s", OmegaConf.to_yaml(OmegaConf.to_container(cfg, resolve=True)))
 
 
-def _add_branches(tree: Tree, node: Any) -> None:
-    for key, value in node.items():
-        if isinstance(value, dict):
-            _add_branches(tree.add(f"[bold]{key}"), value)
-        else:
-            tree.add(f"{key}: [cyan]{value}")
+def show_header(title: str, details: list[str]) -> None:
+    """What a run is, before it starts: `title` on one line, then each of `details` indented under it."""
+    info(title, markup=False)
+    for line in details:
+        info(f"  {line}", markup=False)  # paths and overrides may hold brackets: text, not rich styles
+
+
+def duration(seconds: float) -> str:
+    """Seconds as a person reads them: `42s`, `8m03s`, `1h05m`."""
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+class RunClock:
+    """The time a run has taken and what is left of it, from the share of its epochs done since it started
+    (this process's epochs only: a resumed run estimates from its own pace, not from the stopped run's).
+    Validation and checkpoints fall between epochs, so the pace of whole epochs includes them."""
+
+    def __init__(self, epochs_before: float, max_epochs: int) -> None:
+        self.start = time.perf_counter()
+        self.before = epochs_before
+        self.total = max_epochs
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def remaining(self, epochs_done: float) -> float | None:
+        """Seconds left until `max_epochs` at the pace so far; None before any progress."""
+        progress = epochs_done - self.before
+        if progress <= 0:
+            return None
+        return self.elapsed() / progress * max(self.total - epochs_done, 0.0)
+
+    def text(self, epochs_done: float) -> str:
+        left = self.remaining(epochs_done)
+        return f"run {duration(self.elapsed())}, ETA {duration(left) if left is not None else '?'}"
 
 
 def info(message: str, markup: bool = True) -> None:
@@ -112,21 +141,34 @@ class Progress:
 
 
 class EpochProgress(Progress):
-    """Progress of one epoch, with the running train loss."""
+    """Progress of one epoch, with the running train loss once there is one and, given the run's `clock`, the
+    run's elapsed time and the ETA of the whole run (else the epoch's own time left)."""
 
-    def __init__(self, epoch: int, max_epochs: int, total_items: int, style: str = "auto") -> None:
+    def __init__(self, epoch: int, max_epochs: int, total_items: int, style: str = "auto", clock: RunClock | None = None) -> None:
         super().__init__(f"epoch {epoch}/{max_epochs}", total_items, style)
+        self.epoch = epoch
+        self.clock = clock
         self.loss = math.nan
 
     def _columns(self) -> list[Any]:
+        timing = TextColumn("{task.fields[clock]}") if self.clock else TimeRemainingColumn()
         return [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]:.1f} img/s  loss {task.fields[loss]:.4f}"), TimeRemainingColumn()]
+                TextColumn("{task.fields[rate]:.1f} img/s{task.fields[loss]}"), timing]
 
     def _fields(self) -> dict[str, Any]:
-        return {"rate": self.images_per_second(), "loss": self.loss}
+        return {"rate": self.images_per_second(), "loss": self._loss_text(), "clock": self._clock_text()}
+
+    def _loss_text(self) -> str:
+        return "" if math.isnan(self.loss) else f"  loss {self.loss:.4f}"
+
+    def _clock_text(self) -> str:
+        if self.clock is None:
+            return ""
+        return self.clock.text(self.epoch - 1 + self.done / max(self.total, 1))
 
     def _plain_line(self) -> str:
-        return f"{super()._plain_line()}  loss {self.loss:.4f}"
+        clock = self._clock_text()
+        return f"{super()._plain_line()}{self._loss_text()}" + (f"  {clock}" if clock else "")
 
     def advance(self, items: int, loss: float | None = None) -> None:
         """Count `items` more; `loss`, when given, is the running train loss to show."""

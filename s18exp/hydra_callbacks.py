@@ -37,6 +37,72 @@ def _task_config(config: DictConfig) -> DictConfig:
     return task
 
 
+class ConfigCheck(Callback):
+    """Stops with one line, before Hydra creates the run dir (or any job dir of a sweep), when a value of the
+    composed config is bad (s18exp.config.validate: the line names the key, the value and the fix), so that a
+    refused command leaves no dir behind. Sweeps of Hydra's basic sweeper are checked job by job up front: one
+    bad job refuses the sweep before any job runs. A config that does not resolve here, and a search's trials,
+    are left to the run, which validates itself again."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        HydraConfig.instance().set_config(config)  # what validation's examples read; Hydra sets it again for the job
+        _validate(config)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not str(config.hydra.sweeper._target_).endswith(".BasicSweeper"):
+            return
+        for number, (_, job) in enumerate(_sweep_jobs(config)):
+            _validate(job, f"job {number} ({' '.join(job.hydra.overrides.task)}): ")
+
+
+class ResumeOffer(Callback):
+    """A single run in a new timestamped dir (no `hydra.run.dir=` given) whose settings match an interrupted
+    run under the same `outputs/` folder: one line naming that run and the command that continues it, then
+    the run starts afresh as asked (s18exp/resuming.py)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        from s18exp import console
+        from s18exp.resuming import interrupted_twin, resume_command
+
+        if any(o.startswith("hydra.run.dir=") for o in config.hydra.overrides.hydra):
+            return
+        HydraConfig.instance().set_config(config)
+        try:
+            task = _task_config(config)
+            if str(OmegaConf.select(task, "trainer.resume", default="auto")) != "auto":
+                return
+            found = interrupted_twin(task, Path(str(config.hydra.run.dir)).parent.parent)
+        except Exception:
+            return  # a config that does not resolve: the run itself reports it
+        if found is not None:
+            run_dir, epochs = found
+            # On the terminal only: Hydra's logging is not the run's yet, and would repeat the line there.
+            console.console.print(
+                f"{run_dir} holds an interrupted run of these settings (stopped after epoch {epochs}); this command "
+                f"starts afresh; to continue that run instead: {resume_command(sys.argv[1:], 'hydra.run.dir', run_dir)}",
+                markup=False,
+            )
+
+
+def _validate(config: DictConfig, prefix: str = "") -> None:
+    from s18exp.config import validate
+    from s18exp.errors import UserError
+
+    try:
+        task = _task_config(config)
+        OmegaConf.to_container(task, resolve=True)
+    except Exception:
+        return  # a config that does not resolve: the run itself reports it
+    try:
+        validate(task)
+    except UserError as exc:
+        _refuse(prefix + str(exc))
+
+
 class RunDirCheck(Callback):
     """Stops with one line, before Hydra writes anything into them, when a run dir (or any job dir of a sweep)
     holds a run made with other settings than the command's (s18exp/run_settings.py): a rerun continues or

@@ -1,8 +1,10 @@
-"""Strict keys: every `key=value` of the command line must name a setting that a config group defines.
+"""Strict keys: every `key=value` of the command line must name a setting that a config group defines, and
+every `group=option` an option of that group.
 
 Hydra alone lets a misspelt key through when it is written `+key=value` (the run starts and the setting does
-nothing) and, without the `+`, answers with advice to add the `+`. Here both stop before Hydra starts,
-with one line that names the key and the closest known one.
+nothing) and, without the `+`, answers with advice to add the `+`; a misspelt option of a group gets its
+many-line error. Here all of them stop before Hydra starts, with one line that names the key (or option) and
+the closest known one.
 
 The one kind of key a config group does not list but a run may take: an argument of an object that
 Hydra builds from a `_target_` node (`+trainer.optimizer.betas=[0.9,0.95]`), accepted with `+` when the
@@ -78,6 +80,17 @@ def check_key(cfg: DictConfig, key: str, adds: bool, written: str) -> None:
     raise UserError(f"{key} is not a setting; {advice}")
 
 
+def check_group_option(group: str, option: str) -> None:
+    """A UserError when `option` is none of the config group's options (`null` deselects a group)."""
+    folder = CONFIG_DIR / group
+    if option == "null" or (folder / f"{option}.yaml").is_file():
+        return
+    options = sorted(path.stem for path in folder.glob("*.yaml"))
+    hint = _closest(option, options)
+    advice = f"did you mean {group}={hint}? " if hint else ""
+    raise UserError(f"{group}={option} is not an option of {group}; {advice}the options are {', '.join(options)}")
+
+
 def _compositions(group_overrides: list[Any]) -> Iterator[list[str]]:
     """Override lists covering each value of each swept group once (the other sweeps at their first value)."""
     choices = [[f"{o.get_key_element()}={v}" for v in o.sweep_string_iterator()] if o.is_sweep_override() else [o.input_line] for o in group_overrides]
@@ -107,6 +120,12 @@ def check_command_line(argv: list[str]) -> None:
         if name.split(".")[0].split("/")[0] == "hydra":
             continue
         (groups if _is_group(name) or override.package is not None else keys).append(override)
+    for override in groups:
+        if not override.is_delete() and override.package is None:
+            values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+            for value in values:
+                if value is not None:  # `group=null` deselects the group
+                    check_group_option(override.key_or_group, str(value))
     if not keys:
         return
     group_lines = [o for o in groups if not o.is_delete()]

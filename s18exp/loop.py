@@ -147,9 +147,10 @@ def fit(
     state = restore(resume, model, updates, runtime.dist) if resume is not None else TrainState()
     checkpoints = Checkpoints(run_dir / "checkpoints", model, updates, state, runtime.dist, checkpoint_extra)
     stop = stop or StopRequest()
+    clock = console.RunClock(state.epochs_completed + state.next_step / max(len(train), 1), trainer.max_epochs)
 
     for epoch in range(state.epochs_completed + 1, trainer.max_epochs + 1):
-        trained = train_epoch(epoch, model, step_model, task, train, trainer, runtime, updates, state, checkpoints, stop, plan)
+        trained = train_epoch(epoch, model, step_model, task, train, trainer, runtime, updates, state, checkpoints, stop, plan, clock)
         if updates.average is not None:
             updates.average.agree_across_ranks(runtime.dist)
         val_scores = task.evaluate(val_model, val, runtime)
@@ -163,7 +164,7 @@ def fit(
             **plan.record(epoch),
         }
         if runtime.dist.is_main:
-            log_epoch(record, run_dir, tracker, trainer.max_epochs, task.monitor)
+            log_epoch(record, run_dir, tracker, trainer.max_epochs, task.monitor, clock)
         if state.complete_epoch(epoch, val_scores[task.monitor], trained.seconds, task.monitor_mode):
             # best.pt before last.pt: a kill between the two leaves last.pt one epoch behind, and the resumed
             # run redoes that epoch, instead of a last.pt that names a best epoch whose weights best.pt lacks.
@@ -189,6 +190,7 @@ def train_epoch(
     checkpoints: Checkpoints,
     stop: StopRequest,
     plan: EpochPlan,
+    clock: console.RunClock | None = None,
 ) -> TrainedEpoch:
     """One epoch of updates at the plan's batch size and side, from `state.next_step` when the epoch was stopped
     part-way. A stop request saves last.pt after the current step and raises `Interrupted`; too many non-finite losses
@@ -207,7 +209,7 @@ def train_epoch(
     seen, seconds_before = state.partial_seen, state.partial_seconds
     start = time.perf_counter()
     style = trainer.progress if dist.is_main else "off"
-    with console.EpochProgress(epoch, trainer.max_epochs, len(train.split) // dist.world_size, style) as progress:
+    with console.EpochProgress(epoch, trainer.max_epochs, len(train.split) // dist.world_size, style, clock) as progress:
         progress.advance(seen)
         last_shown = 0.0
         for step, (images, targets) in enumerate(train):
@@ -255,8 +257,11 @@ def train_epoch(
     return TrainedEpoch(float(totals[0] / max(float(totals[1]), 1.0)), float(totals[1]), seconds)
 
 
-def log_epoch(record: dict[str, Any], run_dir: Path, tracker: Tracker, max_epochs: int, monitor: str) -> None:
-    """The epoch's line in metrics.jsonl, in W&B and on the terminal (rank 0's)."""
+def log_epoch(
+    record: dict[str, Any], run_dir: Path, tracker: Tracker, max_epochs: int, monitor: str, clock: console.RunClock | None = None
+) -> None:
+    """The epoch's line in metrics.jsonl, in W&B and on the terminal (rank 0's), there with the run's elapsed
+    time and ETA when given its `clock`."""
     with open(run_dir / "metrics.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
     tracker.log(record, step=record["epoch"])
@@ -264,6 +269,7 @@ def log_epoch(record: dict[str, Any], run_dir: Path, tracker: Tracker, max_epoch
         f"epoch {record['epoch']}/{max_epochs}  "
         + console.format_metrics(record, ["train/loss", "val/loss", f"val/{monitor}"])
         + f"  {record['train_images_per_second']:.1f} img/s  {record['epoch_seconds']:.1f} s"
+        + (f"  {clock.text(record['epoch'])}" if clock is not None else "")
     )
 
 

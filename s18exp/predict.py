@@ -1,8 +1,9 @@
 """`python -m s18exp.predict ckpt=RUN_DIR input=DIR_OR_FILE output=DIR [truth=DIR] [tta=none|flip] [tta_scales=F,F,...] [device=auto] [precision=auto|bf16|fp32] [batch_size=N]`
 
 For each input image writes `<stem>.png`, a mask at the image's original resolution (trimap coding
-1 pet, 2 background, 3 border; for a `data.classes=binary` model 0 background, 1 pet), and
-`<stem>_overlay.jpg`, the mask's colours over the image. `ckpt=` is a run dir (the checkpoint its test split
+1 pet, 2 background, 3 border; for a `data.classes=binary` model 0 background, 1 pet) as a palette PNG that
+shows each value in its class's colour, and `<stem>_overlay.jpg`, the mask's colours over the image with the
+colour legend under it. `ckpt=` is a run dir (the checkpoint its test split
 was scored with, `checkpoints/best.pt` or `last.pt` as its `eval.weights` said) or a checkpoint file;
 everything the model needs (its config, class names, weights) comes from it. Logits are resized to the
 original resolution (bilinear) before the argmax, so mask edges follow the image rather than a blocky
@@ -33,6 +34,10 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from s18exp.openmp import wait_passively_unless_set
+
+wait_passively_unless_set()  # before torch loads its OpenMP runtime (s18exp/openmp.py)
+
 import numpy as np
 import torch
 from omegaconf import OmegaConf
@@ -45,7 +50,7 @@ from s18exp.data.pets import CLASS_SCHEMES, MASK_FILE_VALUES
 from s18exp.errors import UserError
 from s18exp.runtime import Runtime
 from s18exp.metrics import pair_counts, segmentation_scores
-from s18exp.pictures import overlay
+from s18exp.pictures import mask_picture, overlay, with_legend
 from s18exp.tasks.segmentation import SegmentationTask, scales_text, tta_mode, tta_scales, upsampled_classes
 
 USAGE = (
@@ -129,12 +134,16 @@ def image_classes(logits: torch.Tensor, images: list[Image.Image]) -> list[np.nd
     return [upsampled_classes(one, (image.height, image.width)).cpu().numpy() for one, image in zip(logits, images)]
 
 
-def finish_batch(output: Path, paths: list[Path], images: list[Image.Image], logits: torch.Tensor, values: np.ndarray) -> list[np.ndarray]:
-    """Masks at each image's resolution, written with their overlays; returned for scoring."""
+def finish_batch(
+    output: Path, paths: list[Path], images: list[Image.Image], logits: torch.Tensor, values: list[int], class_names: list[str]
+) -> list[np.ndarray]:
+    """Masks at each image's resolution, written as palette PNGs of the class `values`, with their overlays
+    (the colour legend under each); returned for scoring. Masks are written at the fastest PNG compression
+    level: a picture of two or three values compresses well at any level."""
     masks = image_classes(logits, images)
     for path, image, classes in zip(paths, images, masks):
-        atomic_save_image(Image.fromarray(values[classes]), output / f"{path.stem}.png")
-        atomic_save_image(overlay(image, classes), output / f"{path.stem}_overlay.jpg")
+        atomic_save_image(mask_picture(classes, values), output / f"{path.stem}.png", compress_level=1)
+        atomic_save_image(with_legend(overlay(image, classes), class_names), output / f"{path.stem}_overlay.jpg")
     return masks
 
 
@@ -186,10 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     tta = tta_mode(args["tta"], "tta") if args["tta"] is not None else task.tta
     scales = tta_scales(args["tta_scales"], "tta_scales") if args["tta_scales"] is not None else task.tta_scales
     precision = cli.precision(args["precision"], str(OmegaConf.select(cfg, "trainer.precision", default="fp32")), device)
-    runtime = Runtime(device, precision, channels_last=False)
+    runtime = cli.checkpoint_runtime(cfg, device, precision)
+    model = runtime.prepare_model(model)
     size = int(cfg.data.image_size)
     per_batch = batch_size(args["batch_size"], int(OmegaConf.select(cfg, "trainer.eval_batch_size", default=8)))
-    values = np.array(MASK_FILE_VALUES[cfg.data.classes], dtype=np.uint8)
+    values = list(MASK_FILE_VALUES[cfg.data.classes])
     classes = len(task.class_names)
     scored: dict[str, torch.Tensor] = {}  # image file name -> its (true, predicted) counts, in the order scored
     output.mkdir(parents=True, exist_ok=True)
@@ -215,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             if finishing is not None:
                 score(*finishing)
                 progress.advance(len(finishing[0]))
-            finishing = (paths, writer.submit(finish_batch, output, paths, images, logits, values))
+            finishing = (paths, writer.submit(finish_batch, output, paths, images, logits, values, list(task.class_names)))
         if finishing is not None:
             score(*finishing)
             progress.advance(len(finishing[0]))

@@ -30,11 +30,14 @@ from s18exp.data import Batches
 from s18exp.errors import TrainingError, UserError, one_line
 from s18exp.atomic_files import atomic_link, atomic_write_json, remove_stale_temporaries
 from s18exp.loop import fit, truncate_metrics
-from s18exp.runtime import STARTING_THREADS, Runtime, nondeterministic_op, resolve_device, resolve_precision, seed_everything, set_deterministic
+from s18exp.runtime import (
+    STARTING_THREADS, Runtime, nondeterministic_op, resolve_device, resolve_precision, seed_everything, set_deterministic, shared_cpu_warning,
+)
 from s18exp.config import AUTO
 from s18exp.lr_find.auto import auto_lr
 from s18exp.lr_find.display import log_to as log_lr_find
 from s18exp.report.spec import SUMMARY_BLOCK
+from s18exp.run_display import closing_line, show_header
 from s18exp.run_settings import SETTINGS_FILE, RunDirTaken, check_run_dir, restore_hydra_files
 from s18exp.run_settings import record as record_settings
 from s18exp.stopping import Interrupted, StopRequest
@@ -213,6 +216,7 @@ def check_deterministic(cfg: DictConfig, device: torch.device) -> None:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and test one configuration; returns what it writes to summary.json."""
+    started = time.perf_counter()
     validate(cfg)
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     dist = distributed.init()
@@ -237,6 +241,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         record_settings(cfg, run_dir)
 
     set_threads(cfg)
+    if device.type == "cpu" and dist.is_main:
+        busy = shared_cpu_warning(torch.get_num_threads())
+        if busy:
+            console.warn(busy)
     set_deterministic(bool(cfg.trainer.deterministic))
     seed_everything(cfg.seed)
     if device.type == "cuda":
@@ -263,15 +271,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         torch.manual_seed(cfg.seed + dist.rank)  # each rank augments differently; DDP syncs the weights
 
     sweep_job = sweep_job_line()
-    console.show_config(cfg, on_terminal=sweep_job is None or HydraConfig.get().job.num == 0)
-    console.info(
-        (sweep_job or "")
-        + f"{cfg.run_name}: {sizes.line()}, {len(data.train)} train / {len(data.val)} val / "
-        f"{len(data.test)} test items, {device} {runtime.precision}"
-        + (f", {dist.world_size} ranks" if dist.enabled else "")
-        + f", run dir {run_dir}",
-        markup=False,  # the overrides' brackets and paths are text
-    )
+    console.log_config(cfg)
+    identity = task.describe()
+    show_header(cfg, identity, task.combo_keys, sizes, data, runtime, run_dir, sweep_job)
     if resume is not None:
         done = resume["train_state"]["epochs_completed"]
         console.info(f"resuming from {resume_path} after {done} complete epochs")
@@ -281,7 +283,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     elif dist.is_main:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
 
-    identity = task.describe()
     train = Batches(data.train, cfg.trainer.batch_size, shuffle=True, seed=cfg.seed, rank=dist.rank, world_size=dist.world_size)
     plan = plan_for(cfg, train.items)
     val = Batches(data.val, cfg.trainer.eval_batch_size, rank=dist.rank, world_size=dist.world_size)
@@ -328,7 +329,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         tested_split = task.test(model, test, runtime)
         if dist.is_main and tested_split.items:  # before summary.json, which marks the run complete
             test_items.save(run_dir / test_items.TEST_ITEMS, tested_split.items)
-        extra = task.finalize(model, data, runtime, run_dir, tracker) if dist.is_main else {}
+        extra = task.finalize(model, data, runtime, run_dir, tracker, tested_split.scores) if dist.is_main else {}
         summary = {
             **{f"test/{k}": v for k, v in tested_split.scores.items()},
             **extra,
@@ -369,6 +370,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             tracker.finish(exit_code=exc.exit_code if isinstance(exc, Interrupted) else 1)
         raise
     tracker.finish()
+    if dist.is_main and sweep_job is None:
+        console.info(closing_line(summary, task.report_spec(), run_dir, time.perf_counter() - started), markup=False)
     return summary
 
 

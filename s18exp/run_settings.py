@@ -97,10 +97,10 @@ def differences(
     before: dict[str, Any], now: dict[str, Any], lr_auto: bool = False, default_of: Callable[[str], Any] | None = None
 ) -> list[str]:
     """`key: before there, now now` for every key whose value differs; not the learning rate when
-    `trainer.lr=auto` and the recorded run picked a number, nor `trainer.max_epochs` without an lr schedule,
-    nor a key the recorded run predates that the command leaves at its default (`default_of(key)`, the
+    `trainer.lr=auto` and the recorded run picked a number, nor `trainer.max_epochs` without an lr schedule and
+    without a size schedule (whose sides depend on it), nor a key the recorded run predates that the command leaves at its default (`default_of(key)`, the
     default config's value): new settings default to what the project did before they existed."""
-    no_schedule = before.get("trainer.scheduler", "set") is None and now.get("trainer.scheduler", "set") is None
+    no_schedule = _epochs_free(before) and _epochs_free(now)
     changed = []
     for key in sorted(set(before) | set(now)):
         old, new = before.get(key, ABSENT), now.get(key, ABSENT)
@@ -112,6 +112,11 @@ def differences(
             continue
         changed.append(f"{key}: {_text(old)} there, {_text(new)} now")
     return changed
+
+
+def _epochs_free(settings: dict[str, Any]) -> bool:
+    """Whether nothing in these settings depends on `trainer.max_epochs`: no lr schedule and no size schedule."""
+    return settings.get("trainer.scheduler", "set") is None and settings.get("trainer.size_schedule.start_size") is None
 
 
 def default_settings(choices: Any = None) -> Callable[[str], Any]:
@@ -177,3 +182,33 @@ def restore_hydra_files(run_dir: Path) -> None:
     for name, text in files.items():
         if name in HYDRA_FILES and isinstance(text, str):
             atomic_write_text(text, run_dir / ".hydra" / name)
+
+
+def holds_a_run(run_dir: Path) -> bool:
+    """Whether `run_dir` holds anything of a run that started: its settings, summary or checkpoints."""
+    return any((run_dir / name).exists() for name in (SETTINGS_FILE, "summary.json", "checkpoints"))
+
+
+def remove_unstarted(run_dir: Path, log_file: str) -> None:
+    """Take back the dir of a single run refused before training (a data root that holds no data set), when
+    it holds nothing but what Hydra and the run wrote before the refusal (`.hydra/`, the log file `log_file`,
+    settings.json, metrics.jsonl): those files, then every folder from the run dir up that is left empty, up
+    to the working directory. A dir that holds anything else stays as it is."""
+    written = {".hydra", log_file, SETTINGS_FILE, "metrics.jsonl"}
+    hydra_dir = run_dir / ".hydra"
+    try:
+        if not {p.name for p in run_dir.iterdir()} <= written or (hydra_dir.is_dir() and not {p.name for p in hydra_dir.iterdir()} <= set(HYDRA_FILES)):
+            return
+    except OSError:
+        return
+    for name in [*(f".hydra/{file}" for file in HYDRA_FILES), log_file, SETTINGS_FILE, "metrics.jsonl"]:
+        (run_dir / name).unlink(missing_ok=True)
+    cwd = Path.cwd().resolve()
+    folders = [hydra_dir, run_dir.resolve()] + [parent for parent in run_dir.resolve().parents if cwd in parent.parents]
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:  # not empty: not ours alone
+            return

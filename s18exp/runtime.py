@@ -155,3 +155,22 @@ def all_rng_states(dist: Dist) -> list[dict[str, Any]]:
     states: list[Any] = [None] * dist.world_size
     torch_dist.all_gather_object(states, rng_state())
     return states
+
+
+def shared_cpu_warning(threads: int, load: float | None = None, cores: int | None = None) -> str | None:
+    """A warning when other work already holds at least a whole core of those this run's `threads` need:
+    the 1-minute load average (`load`, read now when None) above the cores left over by the run's threads
+    plus one. Such a run shares the CPU and trains several times slower than alone; None when it need not."""
+    if load is None:
+        try:
+            load = os.getloadavg()[0]
+        except OSError:  # no load average on this system
+            return None
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if load < cores - threads + 1:
+        return None
+    return (
+        f"the CPU is busy before this run starts (1-minute load average {load:.1f} on {cores} cores, {threads} thread{'s' if threads > 1 else ''} "
+        "wanted): it will share the cores with that work and train slower than alone"
+    )

@@ -24,7 +24,6 @@ from s18exp.atomic_files import atomic_write_json
 from s18exp.checkpoint import load_checkpoint
 from s18exp.data import Batches
 from s18exp.errors import UserError
-from s18exp.runtime import Runtime
 from s18exp.tasks.segmentation import SegmentationTask, scales_text, tta_mode, tta_scales
 
 USAGE = (
@@ -49,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     precision = cli.precision(args["precision"], str(OmegaConf.select(cfg, "trainer.precision", default="fp32")), device)
     test = task.build_data().test
     start = time.perf_counter()
-    tested = task.test(model, Batches(test, int(cfg.trainer.eval_batch_size)), Runtime(device, precision, channels_last=False))
+    runtime = cli.checkpoint_runtime(cfg, device, precision)
+    tested = task.test(runtime.prepare_model(model), Batches(test, int(cfg.trainer.eval_batch_size)), runtime)
     scores = tested.scores
     how = f"original resolution, tta={task.tta}, {scales_text(task.tta_scales)}; test/loss at training resolution"
     console.show_metrics(f"test split of {ckpt} ({len(test)} images; {how}; {time.perf_counter() - start:.1f} s)", scores)

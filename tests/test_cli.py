@@ -210,9 +210,10 @@ def test_multirun_of_the_four_experiments(tiny_pets: TinyPets, tmp_path: Path) -
     assert len({run.run_id for run in runs}) == 4
     for job, combo in zip(jobs, combos):
         assert combo in job.name  # the job dir carries the run name
-    # the console: the config tree once for the whole sweep, one header line and one line of test scores per job
+    # the console: no config tree (each job's log file holds its config), one header line and one line of
+    # test scores per job
     lines = result.stdout.splitlines()
-    assert sum(line.strip() == "config" for line in lines) == 1
+    assert not any(line.strip() == "config" for line in lines)
     headers = [line for line in lines if line.startswith("job ")]
     assert len(headers) == 4
     for number, (header, experiment) in enumerate(zip(headers, EXPERIMENTS)):
@@ -250,11 +251,8 @@ def bad_run(tiny: TinyPets, work: Path, *overrides: str) -> tuple[subprocess.Com
 
 def test_unknown_group_option_lists_the_options(tiny_pets: TinyPets, tmp_path: Path) -> None:
     result, run_dir = bad_run(tiny_pets, tmp_path, "encoder=avgpool")
-    assert result.returncode != 0
-    assert "Could not find 'encoder/avgpool'" in result.stderr
-    options = result.stderr.split("Available options in 'encoder':")[1].split()[:2]
-    assert options == ["maxpool", "strided"]
-    assert_nothing_trained(run_dir)
+    assert_one_line_error(result, "encoder=avgpool is not an option of encoder", "the options are maxpool, strided")
+    assert not run_dir.exists()
 
 
 @pytest.mark.parametrize(
@@ -264,7 +262,7 @@ def test_unknown_group_option_lists_the_options(tiny_pets: TinyPets, tmp_path: P
 def test_bad_value_is_one_line(tiny_pets: TinyPets, tmp_path: Path, override: str, fragment: str) -> None:
     result, run_dir = bad_run(tiny_pets, tmp_path, override)
     assert_one_line_error(result, fragment)
-    assert_nothing_trained(run_dir)
+    assert not run_dir.exists()
 
 
 def test_missing_data_root_names_the_path(tiny_pets: TinyPets, tmp_path: Path) -> None:

@@ -49,6 +49,15 @@ def test_a_constructor_argument_needs_the_plus_and_must_exist() -> None:
     assert refusal("+trainer.optimizer.beta=[0.9,0.95]") == "trainer.optimizer.beta is not a setting; did you mean trainer.optimizer.betas?"
 
 
+def test_a_misspelt_group_option_is_named_with_the_closest_one() -> None:
+    assert refusal("encoder=strid") == "encoder=strid is not an option of encoder; did you mean encoder=strided? the options are maxpool, strided"
+    assert refusal("--multirun", "loss=bce,dise") == (
+        "loss=dise is not an option of loss; did you mean loss=dice? the options are bce, dice, dice_ce, lovasz_ce, mse"
+    )
+    assert refusal("task=gan") == "task=gan is not an option of task; the options are unet, vae"
+    check_command_line(["experiment=null", "augment=flip", "task=vae"])
+
+
 def test_plus_on_an_existing_key_says_to_drop_it() -> None:
     assert refusal("+trainer.lr=0.01") == "trainer.lr is already a setting; write trainer.lr=0.01 without the +"
 

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import TinyPets, cli_env, smoke_overrides_for
@@ -234,6 +235,20 @@ def test_rules_on_a_hand_made_curve() -> None:
     assert rising.pick == pytest.approx(1e-4)  # never fell: the start, with a warning
 
 
+def test_the_picture_labels_both_axes() -> None:
+    from s18exp.lr_find import display
+
+    curve = synthetic_curve([1.0, 1.0, 0.99, 0.98, 0.95, 0.85, 0.55, 0.40, 0.35, 0.6, 1.2], "min_div10")
+    choose(curve)
+    grey = np.asarray(display.plot(curve, "LR range test: run-s0").convert("L"))
+    plot_rows = slice(display._TOP, display._H - display._BOTTOM)
+    # the y label: dark pixels left of the tick labels, spread over more rows than a tick label (it runs upwards)
+    label = np.nonzero((grey[plot_rows, : display._LEFT - 45] < 128).any(axis=1))[0]
+    assert len(label) > 40
+    # the x label, under the tick labels
+    assert (grey[display._H - 25 :, display._LEFT : display._W - display._RIGHT] < 128).any()
+
+
 # --- config ----------------------------------------------------------------------------------------------
 
 
@@ -287,7 +302,7 @@ def test_lr_find_command_writes_the_curve(tiny_pets: TinyPets, tmp_path: Path) -
     assert found["lr"][0] == pytest.approx(1e-6) and found["rule"] == "min_div10"
     assert found["settings"]["start_lr"] <= found["pick"] <= found["settings"]["end_lr"]
     with Image.open(run / "lr_find.png") as picture:
-        assert picture.size == (820, 500)
+        assert picture.size == (840, 500)
     assert "LR range test" in result.stdout and f"trainer.lr={found['pick']:.3g}" in result.stdout
     assert not (run / "wandb").exists()  # the standalone look starts no W&B run
     assert not (run / "checkpoints").exists()

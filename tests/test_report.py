@@ -19,12 +19,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from conftest import TinyPets, cli_env, smoke_overrides_for
 from PIL import Image
 from rich.console import Console
 
 from s18exp.paths import CONFIG_DIR
 from s18exp.pictures import captioned_grid
+from s18exp.report import figures as figs
 from s18exp.report import wandb_report as wb
 from s18exp.report.__main__ import main
 from s18exp.report.build import make_report
@@ -533,6 +535,33 @@ def test_pictures_show_the_shared_columns_once_then_each_combo(sweep: Path) -> N
         assert colour in colours
     red_columns = np.where((pixels == (200, 0, 0)).all(axis=2).any(axis=0))[0]
     assert red_columns.max() - red_columns.min() < 3 * TILE  # the input column appears once, not per combo
+
+
+def test_figure_titles_name_the_sweep_and_its_best_row(sweep: Path) -> None:
+    (section,) = build_sections(collect(sweep))
+    # test mIoU means: mp_tr_bce (0.6 + 0.7 + 0.8) / 3, mp_tr_dice 0.52, strconv_ups_dice 0.65
+    assert figs.headline_text(section) == "best test mIoU 0.700: mp_tr_bce (mean of 3 seeds)"
+    assert figs.figure_title(section, "curves") == f"{SWEEP}: curves\nbest test mIoU 0.700: mp_tr_bce (mean of 3 seeds)"
+
+
+def test_the_curves_legend_covers_no_panel_and_each_seed_band_is_outlined(sweep: Path) -> None:
+    (section,) = build_sections(collect(sweep))
+    fig = figs.curves_figure(section)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()  # lays the figure out
+    renderer = canvas.get_renderer()
+    (legend,) = fig.legends
+    assert all(ax.get_legend() is None for ax in fig.axes)
+    box = legend.get_window_extent(renderer)
+    assert not any(box.overlaps(ax.get_window_extent(renderer)) for ax in fig.axes)
+    seeds = [len(row.runs) for row in section.rows]  # 3, 2, 1
+    mious, losses = fig.axes
+    # per row: its mean line, and two edge lines of its band when it has more than one seed
+    assert len(mious.get_lines()) == sum(1 + 2 * (n > 1) for n in seeds)
+    assert len(losses.get_lines()) == 2 * sum(1 + 2 * (n > 1) for n in seeds)  # train and val
+    assert mious.get_ylabel() and losses.get_ylabel() == "loss"
+    labels = [t.get_text() for t in losses.get_yticklabels(minor=False) + losses.get_yticklabels(minor=True) if t.get_text()]
+    assert labels and all(re.fullmatch(r"[0-9.]+", text) for text in labels), labels  # 0.3, not 3x10^-1
 
 
 # --- W&B ---------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from s18exp.checkpoint import load_checkpoint
 from s18exp.data import Batches
 from s18exp.data.pets import IMAGENET_MEAN, IMAGENET_STD, PetsData
 from s18exp.errors import UserError
+from s18exp.pictures import PALETTE
 from s18exp.runtime import Runtime
 from s18exp.paths import CONFIG_DIR
 from s18exp.tasks.segmentation import SegmentationTask, tta_scales, view_size
@@ -225,6 +226,24 @@ def test_predict_writes_the_original_resolution_argmax_of_the_tta_logits(tiny_pe
         written = np.asarray(Image.open(out / f"{name}.png"))
         assert written.shape == (rgb.height, rgb.width)
         assert (written == np.array([1, 2, 3])[classes]).mean() > 0.999  # float32 vs float64 may flip a tie
+
+
+def test_predict_writes_palette_masks_in_the_class_colours_and_overlays_with_the_legend(tiny_pets: TinyPets, tmp_path: Path) -> None:
+    write_checkpoint(tmp_path / "best.pt", compose_config(f"data.root={tiny_pets.root}"))
+    name = tiny_pets.test[0]
+    assert predict.main([f"ckpt={tmp_path / 'best.pt'}", f"input={tiny_pets.image_file(name)}", f"output={tmp_path / 'out'}"]) == 0
+    with Image.open(tmp_path / "out" / f"{name}.png") as mask, Image.open(tiny_pets.image_file(name)) as image:
+        assert mask.mode == "P" and mask.size == image.size
+        values = np.asarray(mask)
+        colours = np.asarray(mask.convert("RGB"))
+    assert set(np.unique(values)) <= {1, 2, 3}  # the trimap coding, as before
+    for k, value in enumerate((1, 2, 3)):  # pet, background, border in the colours of every picture
+        assert (colours[values == value] == PALETTE[k]).all()
+    with Image.open(tmp_path / "out" / f"{name}_overlay.jpg") as overlay:
+        assert overlay.width == image.size[0] and overlay.height > image.size[1]  # the legend strip under the image
+        legend_strip = np.asarray(overlay.convert("RGB"), dtype=int)[image.size[1] :]
+    orange = np.abs(legend_strip - PALETTE[0]).max(axis=-1) < 40  # the pet swatch, through JPEG
+    assert orange.sum() > 20
 
 
 def test_predict_takes_tta_from_the_checkpoint_and_refuses_an_unknown_one(tiny_pets: TinyPets, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -6,18 +6,20 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.datasets import OxfordIIITPet
 
 from s18exp.data import TensorSplit
 from s18exp.data.cache import cached, fingerprint
 from s18exp.data.download import with_download
 from s18exp.data.settings import DataSettings, takes_data_settings
 from s18exp.errors import UserError
+
+if TYPE_CHECKING:
+    from torchvision.datasets import OxfordIIITPet
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -73,6 +75,10 @@ class PetsData:
         self.test = self._load(test, "test", test_idx, keep_full_masks=True)
 
     def _open(self, split: str, download: bool) -> OxfordIIITPet:
+        # Imported here: torchvision.datasets pulls in torch._dynamo, a second or more of start-up that
+        # `predict`, which imports this module for its class schemes, never needs.
+        from torchvision.datasets import OxfordIIITPet
+
         root = self.settings.root
         base = root / "oxford-iiit-pet"
 

@@ -93,8 +93,9 @@ def log_to(curve: Curve, tracker: Any, run_dir: Path) -> None:
 
 # --- the picture: loss against lr on a log axis, drawn with PIL ---------------------------------------------
 
-_W, _H = 820, 500
-_LEFT, _RIGHT, _TOP, _BOTTOM = 76, 24, 52, 56
+_W, _H = 840, 500
+_LEFT, _RIGHT, _TOP, _BOTTOM = 96, 24, 52, 56
+Y_LABEL = "training loss"
 
 
 def _nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -109,8 +110,8 @@ def _nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
 
 
 def plot(curve: Curve, title: str = "LR range test") -> Image.Image:
-    """Smoothed loss (blue, at the lrs it averages) and each step's loss (grey) against lr on a log10 axis; the
-    minimum circled, the pick as a red dashed line."""
+    """Smoothed loss (blue, at the lrs it averages) and each step's loss (grey) against lr on a log10 axis, both
+    axes labelled; the minimum circled, the pick as a red dashed line, and both in the title after `title`."""
     image = Image.new("RGB", (_W, _H), "white")
     draw = ImageDraw.Draw(image)
     small, big = font(12), font(15)
@@ -132,7 +133,13 @@ def plot(curve: Curve, title: str = "LR range test") -> Image.Image:
         y = bottom - (loss - y_low) / (y_high - y_low) * (bottom - top)
         return min(max(y, top), bottom)
 
-    draw.text((left, 8), title, fill="black", font=big)
+    lowest = losses[curve.min_index]
+    draw.text((left, 8), f"{title}: pick trainer.lr={curve.pick:.3g}, lowest smoothed loss {lowest:.4g}", fill="black", font=big)
+    label_box = small.getbbox(Y_LABEL)
+    label = Image.new("RGB", (label_box[2] + 2, label_box[3] + 2), "white")
+    ImageDraw.Draw(label).text((1, 1), Y_LABEL, fill="black", font=small)
+    label = label.rotate(90, expand=True)
+    image.paste(label, (left - 70, round((top + bottom - label.height) / 2)))
     for decade in range(math.ceil(x0 - 1e-9), math.floor(x1 + 1e-9) + 1):
         x = px(10.0**decade)
         draw.line([(x, top), (x, bottom)], fill=(230, 230, 230))
@@ -142,7 +149,7 @@ def plot(curve: Curve, title: str = "LR range test") -> Image.Image:
         y = py(tick)
         draw.line([(left, y), (right, y)], fill=(230, 230, 230))
         draw.line([(left - 5, y), (left, y)], fill="black")
-        draw.text((6, y - 7), f"{tick:.4g}", fill="black", font=small)
+        draw.text((left - 8, y), f"{tick:.4g}", fill="black", font=small, anchor="rm")
     draw.rectangle([left, top, right, bottom], outline="black")
     draw.text(((left + right) / 2 - 80, _H - 22), "learning rate (log scale)", fill="black", font=small)
     legend = "grey: loss of each step; blue: its moving average, drawn at the lrs it averages; circle: minimum"

@@ -15,25 +15,20 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import MaxNLocator
-from PIL import Image, ImageDraw, ImageFont
+from matplotlib.ticker import FuncFormatter, MaxNLocator
+from PIL import Image, ImageDraw
 
 from s18exp.atomic_files import atomic_write_bytes
-from s18exp.pictures import legend, with_legend
+from s18exp.pictures import LEGEND_HEIGHT, TITLE_HEIGHT, draw_lines, font, legend, line_height, text_width, with_legend
 from s18exp.report.collect import Run
 from s18exp.report.stats import NO_DIFFERENCE
 from s18exp.report.table import Cell, Row, Section
 
 DPI = 100
-PICTURE_HEIGHT = 720  # the side-by-side pictures are scaled to this height (pixels), keeping their aspect
+PICTURE_HEIGHT = 1800  # taller side-by-side pictures are scaled to this height (pixels), keeping their aspect: a run's
+# predictions.png (192-px tiles) stays at its own size, so that its names stay readable
+PICTURE_TITLE_SIZE = 14  # font size of the headings over the side-by-side pictures
 SAME_PICTURE_MEAN_DIFF = 10.0  # mean absolute difference (0-255 levels) below which two strips are the same
-
-
-def font(size: int) -> ImageFont.ImageFont:
-    try:
-        return ImageFont.load_default(size=size)
-    except TypeError:  # Pillow < 10.1 has one fixed-size default font
-        return ImageFont.load_default()
 
 
 def _colours(n: int) -> list:
@@ -76,14 +71,57 @@ def _series(row: Row, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     )
 
 
+def where_from(section: Section) -> str:
+    """The name of the folder that holds the section's runs (the sweep dir), for figure titles; "" when the
+    runs lie in several."""
+    parents = {run.path.parent.name for run in section.complete_runs}
+    return parents.pop() if len(parents) == 1 else ""
+
+
+def headline_text(section: Section) -> str:
+    """The best row by the task's headline score, as `best test mIoU 0.703: mp_tr_bce (mean of 3 seeds)`;
+    "" when no row has the score."""
+    headline = section.spec.headline()
+    if headline is None:
+        return ""
+    key, label = headline
+    better = next((column.better for column in section.spec.columns if column.key == key), "max")
+    scored = [(Cell.of([run.value(key) for run in row.runs]), row) for row in section.rows]
+    scored = [(cell, row) for cell, row in scored if cell.n and _finite(cell.mean)]
+    if not scored:
+        return ""
+    cell, row = (min if better == "min" else max)(scored, key=lambda item: item[0].mean)
+    seeds = f"mean of {cell.n} seeds" if cell.n > 1 else "one seed"
+    return f"{'best ' if len(scored) > 1 else ''}{label} {cell.mean:.3f}: {row.label} ({seeds})"
+
+
+def figure_title(section: Section, what: str) -> str:
+    """`<sweep dir>: <what>; <headline>`, the parts that exist."""
+    where, headline = where_from(section), headline_text(section)
+    return (f"{where}: " if where else "") + what + (f"\n{headline}" if headline else "")
+
+
+def _plain_numbers(value: float, _: int) -> str:
+    return f"{value:.3g}"
+
+
 def curves(section: Section, path: Path) -> Path | None:
-    """One panel per curve group of the task; one line per row (mean over seeds) and a min-max band."""
+    """One panel per curve group of the task; one line per row (mean over seeds) and its min-max band over
+    the seeds, outlined in the row's colour so that overlapping bands stay apart. One legend for every
+    panel, under them, where it covers no curve; log axes read as plain numbers (0.2, not 2x10^-1)."""
+    fig = curves_figure(section)
+    return _save(fig, path) if fig is not None else None
+
+
+def curves_figure(section: Section) -> Figure | None:
+    """The figure `curves` saves; None when no run has a curve."""
     panels = section.spec.curve_panels
     if not section.rows or not any(run.metrics for run in section.complete_runs):
         return None
-    fig = Figure(figsize=(5.2 * len(panels), 3.8))
+    fig = Figure(figsize=(5.4 * len(panels), 4.6), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     colours = _colours(len(section.rows))
+    entries: dict[str, Line2D] = {}
     for ax, panel in zip(axes, panels):
         drawn = False
         for row, colour in zip(section.rows, colours):
@@ -92,26 +130,28 @@ def curves(section: Section, path: Path) -> Path | None:
                 if len(epochs) == 0:
                     continue
                 drawn = True
-                seeds = len(row.runs)
-                label = f"{row.label}, n={seeds}" if curve is panel.curves[0] else None
                 marker = "o" if len(epochs) <= 30 else None  # a run of one epoch is still visible
-                ax.plot(epochs, mean, curve.style, color=colour, label=label, linewidth=1.6, marker=marker, markersize=3)
-                if seeds > 1:
-                    ax.fill_between(epochs, low, high, color=colour, alpha=0.18, linewidth=0)
+                line = ax.plot(epochs, mean, curve.style, color=colour, linewidth=1.6, marker=marker, markersize=3)[0]
+                entries.setdefault(f"{row.label}, n={len(row.runs)}", Line2D([], [], color=colour, linewidth=1.6))
+                if len(row.runs) > 1:
+                    ax.fill_between(epochs, low, high, color=colour, alpha=0.10, linewidth=0)
+                    for edge in (low, high):
+                        ax.plot(epochs, edge, color=colour, linewidth=0.6, alpha=0.7, linestyle=line.get_linestyle())
         ax.set_title(panel.title, fontsize=10)
         ax.set_xlabel("epoch")
+        ax.set_ylabel(panel.curves[0].label if len(panel.curves) == 1 else panel.title.split(" (")[0])
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if panel.log_y and drawn:
             ax.set_yscale("log")
-        if drawn:
-            handles, labels = ax.get_legend_handles_labels()
-            if len(panel.curves) > 1:  # which line style is which curve
-                handles += [Line2D([], [], color="black", linestyle=c.style) for c in panel.curves]
-                labels += [c.label for c in panel.curves]
-            ax.legend(handles, labels, fontsize=7, loc="best")
-    fig.suptitle(f"{section.spec.title}: mean over seeds, band = min..max", fontsize=10)
-    return _save(fig, path)
+            ax.yaxis.set_major_formatter(FuncFormatter(_plain_numbers))
+            ax.yaxis.set_minor_formatter(FuncFormatter(_plain_numbers))
+        if len(panel.curves) > 1:  # which line style is which curve
+            for c in panel.curves:
+                entries.setdefault(c.label, Line2D([], [], color="black", linestyle=c.style))
+    fig.legend(list(entries.values()), list(entries), loc="outside lower center", ncol=len(entries) if len(entries) <= 6 else 4, fontsize=8, frameon=False)
+    fig.suptitle(figure_title(section, f"{section.spec.title}: mean over seeds, band = min..max of the seeds"), fontsize=10)
+    return fig
 
 
 def _timed_series(run: Run, key: str) -> tuple[list[float], list[float]]:
@@ -136,7 +176,7 @@ def time_to_quality(section: Section, path: Path) -> Path | None:
     curve = section.spec.time_curve
     if curve is None or not section.rows:
         return None
-    fig = Figure(figsize=(6.4, 4.0))
+    fig = Figure(figsize=(7.6, 4.2), layout="constrained")
     ax = fig.subplots()
     drawn = False
     for row, colour in zip(section.rows, _colours(len(section.rows))):
@@ -154,8 +194,8 @@ def time_to_quality(section: Section, path: Path) -> Path | None:
     ax.set_xlabel("training seconds (cumulative epoch_seconds, validation left out)")
     ax.set_ylabel(curve.label)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    ax.set_title(f"{curve.label} against training time: one line per run, colour = row", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the axes: it covers no line
+    ax.set_title(figure_title(section, f"{curve.label} against training time: one line per run, colour = row"), fontsize=10)
     return _save(fig, path)
 
 
@@ -168,7 +208,7 @@ def forest(section: Section, path: Path) -> Path | None:
     if not panels:
         return None
     tall = max(len(found) for _, found in panels)
-    fig = Figure(figsize=(5.2 * len(panels), 1.2 + 0.45 * tall))
+    fig = Figure(figsize=(max(6.4, 5.2 * len(panels)), 1.6 + 0.45 * tall), layout="constrained")
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (label, found) in zip(axes, panels):
         for y, comparison in enumerate(reversed(found)):
@@ -184,7 +224,7 @@ def forest(section: Section, path: Path) -> Path | None:
         ax.set_ylim(-0.7, len(found) - 0.3)
         ax.set_xlabel(f"{label}: row minus {section.stats.baseline}")
         ax.grid(axis="x", alpha=0.3)
-    fig.suptitle(f"{section.spec.title}: difference to {section.stats.baseline}, 95% interval", fontsize=10)
+    fig.suptitle(figure_title(section, f"{section.spec.title}: difference to {section.stats.baseline}, 95% interval"), fontsize=10)
     return _save(fig, path)
 
 
@@ -193,7 +233,7 @@ def bars(section: Section, path: Path) -> Path | None:
     keys = section.spec.bar_keys
     if not keys or not section.rows:
         return None
-    fig = Figure(figsize=(max(5.0, 1.6 * len(keys) * max(1, len(section.rows)) / 2), 3.8))
+    fig = Figure(figsize=(max(6.4, 1.6 * len(keys) * max(1, len(section.rows)) / 2), 4.0), layout="constrained")
     ax = fig.subplots()
     width = 0.8 / len(section.rows)
     x = np.arange(len(keys))
@@ -208,7 +248,7 @@ def bars(section: Section, path: Path) -> Path | None:
     ax.set_ylabel("test score")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-    ax.set_title(f"{section.spec.bars_title} (mean over seeds, error bar = std)", fontsize=10)
+    ax.set_title(figure_title(section, f"{section.spec.bars_title} (mean over seeds, error bar = std)"), fontsize=10)
     return _save(fig, path)
 
 
@@ -228,7 +268,7 @@ def pictures(section: Section, path: Path) -> Path | None:
             file = run.path / name
             if file is not None and file.is_file():
                 try:
-                    image = without_legend(Image.open(file).convert("RGB"), section.spec.picture_legend)
+                    image = grid_only(file, section.spec.picture_legend)
                 except OSError:
                     continue
                 scores = "  ".join(
@@ -246,6 +286,24 @@ def pictures(section: Section, path: Path) -> Path | None:
     canvas.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.FLOYDSTEINBERG).save(buffer, format="PNG", optimize=True)
     atomic_write_bytes(buffer.getvalue(), path)
     return path
+
+
+def grid_only(file: Path, class_names: tuple[str, ...]) -> Image.Image:
+    """A run's picture without its title band and colour legend: the heights its PNG text chunks give
+    (pictures.TITLE_HEIGHT, LEGEND_HEIGHT), read as untrusted numbers; a picture without them (an older
+    run's) loses the legend `without_legend` recognises."""
+    with Image.open(file) as opened:
+        notes = dict(getattr(opened, "text", None) or {})
+        image = opened.convert("RGB")
+    title, legend_h = _band(notes.get(TITLE_HEIGHT), image.height), _band(notes.get(LEGEND_HEIGHT), image.height)
+    if title is None or legend_h is None or title + legend_h >= image.height:
+        return without_legend(image, class_names)
+    return image.crop((0, title, image.width, image.height - legend_h))
+
+
+def _band(value: object, height: int) -> int | None:
+    text = str(value) if value is not None else ""
+    return int(text) if text.isdigit() and int(text) < height else None
 
 
 def without_legend(image: Image.Image, class_names: tuple[str, ...]) -> Image.Image:
@@ -307,17 +365,20 @@ def _hstack(images: list[Image.Image]) -> Image.Image:
 
 
 def _side_by_side(panels: list[tuple[str, Image.Image]]) -> Image.Image:
+    """The panels in a row at one height, each under its title (lines split at newlines); title and panel
+    are both centred in the panel's slot, so that every heading stands over its own column."""
     height = min(PICTURE_HEIGHT, max(image.height for _, image in panels))
     scaled = [(t, i.resize((max(1, round(i.width * height / i.height)), height), Image.LANCZOS)) for t, i in panels]
-    pad, title_h = 8, 36
-    text_font = font(12)
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    slots = [max(image.width, measure.multiline_textbbox((0, 0), title, font=text_font, spacing=2)[2]) for title, image in scaled]
+    pad = 8
+    text_font = font(PICTURE_TITLE_SIZE)
+    titles = [title.split("\n") for title, _ in scaled]
+    title_h = max(len(lines) for lines in titles) * line_height(text_font) + pad
+    slots = [max(image.width, *(round(text_width(line, text_font)) for line in lines)) for lines, (_, image) in zip(titles, scaled)]
     canvas = Image.new("RGB", (sum(slots) + pad * (len(slots) + 1), title_h + height + 2 * pad), "white")
     draw = ImageDraw.Draw(canvas)
     x = pad
-    for (title, image), slot in zip(scaled, slots):
-        draw.multiline_text((x, pad // 2), title, fill="black", font=text_font, spacing=2)
+    for lines, (_, image), slot in zip(titles, scaled, slots):
+        draw_lines(draw, (x, pad // 2), lines, text_font, width=slot)
         canvas.paste(image, (x + (slot - image.width) // 2, title_h + pad))
         x += slot + pad
     return canvas

@@ -111,6 +111,13 @@ class TaskSpec:
     # (label, config key) of the settings that the line above the task's table names when every run shares them.
     settings: tuple[tuple[str, str], ...] = ()
 
+    def headline(self) -> tuple[str, str] | None:
+        """(summary key, label) of the task's headline score: the first score written over its pictures (UNet:
+        test mIoU; VAE: label follow), else the required key, labelled as in the task's table."""
+        labels = {column.key: column.label for column in self.columns}
+        key = self.picture_scores[0][0] if self.picture_scores else self.required
+        return (key, labels.get(key, key)) if key else None
+
     def as_dict(self) -> dict[str, Any]:
         """The spec as plain JSON values, for summary.json."""
         return asdict(self)

@@ -73,8 +73,11 @@ class Task(Protocol):
         """The scores of the test split with the tested weights (keys without the `test/` prefix), and the
         per-item outcomes they come from, the same on every rank."""
 
-    def finalize(self, model: nn.Module, data: Any, runtime: Runtime, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
-        """After testing: the run's pictures (and any score they need); returns the entries it adds to summary.json."""
+    def finalize(
+        self, model: nn.Module, data: Any, runtime: Runtime, run_dir: Path, tracker: Tracker, scores: dict[str, float] | None = None
+    ) -> dict[str, Any]:
+        """After testing: the run's pictures (and any score they need), titled with the test split's `scores`
+        where the task's headline is among them; returns the entries it adds to summary.json."""
 
     def report_spec(self) -> TaskSpec:
         """How the report shows this task's runs: its metric keys, picture files and class names."""

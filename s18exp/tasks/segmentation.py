@@ -27,7 +27,7 @@ from s18exp.data.pets import CLASS_SCHEMES, IMAGENET_MEAN, IMAGENET_STD
 from s18exp.atomic_files import atomic_save_image
 from s18exp.runtime import Runtime
 from s18exp.metrics import ConfusionMatrix, pair_counts, segmentation_scores
-from s18exp.pictures import captioned_grid, overlay, to_pil, with_legend
+from s18exp.pictures import LEGEND_HEIGHT, TITLE_HEIGHT, captioned_grid, overlay, titled, to_pil, with_legend
 from s18exp.report.spec import Column, Curve, CurvePanel, ItemMetric, TaskSpec
 from s18exp.tasks import TestResult
 from s18exp.tracking import Tracker
@@ -36,6 +36,8 @@ PREDICTIONS_FILE = "predictions.png"
 PREDICTIONS_MEDIA = "test/predictions"  # the same pictures in W&B, with the masks as overlays
 PREDICTION_IMAGES = 8
 PREDICTION_SEED = 0  # not the run's seed: every run shows the same test images
+PREDICTION_TILE = 192  # pixels: smaller tiles (64 or 128 px runs) are enlarged to this
+PREDICTION_TEXT = 13  # font size of the captions and legend; the title is 2 larger
 TTA_MODES = ("none", "flip")
 
 
@@ -89,6 +91,12 @@ def class_argmax(scores: torch.Tensor) -> torch.Tensor:
         best = torch.where(better, scores[c], best)
         index.masked_fill_(better, c)
     return index
+
+
+def predictions_title(run_name: str, scores: dict[str, float] | None, tested: int, shown: int) -> str:
+    """The title of predictions.png: the run, its test mIoU when known, and how many test images it shows."""
+    score = f": test mIoU {scores['miou']:.3f}" if scores and "miou" in scores else ""
+    return f"{run_name}{score} ({tested} test images; {shown} shown)"
 
 
 class SegmentationTask:
@@ -306,8 +314,12 @@ class SegmentationTask:
         model.eval()
         return self.logits(model, images.to(runtime.device), runtime, self.tta, self.tta_scales).argmax(1).cpu()
 
-    def finalize(self, model: nn.Module, data: Any, runtime: Runtime, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
-        """After testing: predictions.png, the same 8 test images for every run (image | truth | prediction).
+    def finalize(
+        self, model: nn.Module, data: Any, runtime: Runtime, run_dir: Path, tracker: Tracker, scores: dict[str, float] | None = None
+    ) -> dict[str, Any]:
+        """After testing: predictions.png, the same 8 test images for every run (image | truth | prediction),
+        under a title that names the run and its test mIoU (`scores`, the test split's), with the colour legend.
+        Tiles are enlarged to PREDICTION_TILE pixels, so that small images leave room for readable names.
 
         Returns the entries it adds to summary.json: `test_scoring`, how the test scores were computed.
         """
@@ -331,8 +343,14 @@ class SegmentationTask:
                     },
                 )
             )
-        grid = with_legend(captioned_grid(rows, ["image", "ground truth", "prediction"], [[n, "", ""] for n in chosen.names]), self.class_names)
-        atomic_save_image(grid, run_dir / PREDICTIONS_FILE)
+        grid = captioned_grid(
+            rows, ["image", "ground truth", "prediction"], [[n, "", ""] for n in chosen.names], caption_height=PREDICTION_TEXT + 4,
+            min_tile=PREDICTION_TILE,
+        )
+        framed = titled(grid, predictions_title(self.cfg.run_name, scores, len(test), count), size=PREDICTION_TEXT + 2)
+        picture = with_legend(framed, self.class_names, size=PREDICTION_TEXT)
+        bands = {TITLE_HEIGHT: str(framed.height - grid.height), LEGEND_HEIGHT: str(picture.height - framed.height)}
+        atomic_save_image(picture, run_dir / PREDICTIONS_FILE, text=bands)
         if wandb_images and wandb_images[0] is not None:
             tracker.log({PREDICTIONS_MEDIA: wandb_images})
         return {"test_scoring": f"original resolution, tta={self.tta}, {scales_text(self.tta_scales)}; test/loss at training resolution"}

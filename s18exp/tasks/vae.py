@@ -34,7 +34,7 @@ from s18exp.judge_training import blur_half, judge_for
 from s18exp.losses import cross_entropy
 from s18exp.models.judge import classify
 from s18exp.models.vae import BernoulliLikelihood, GaussianLikelihood, check_condition, gaussian_kl
-from s18exp.pictures import captioned_grid, font, side_by_side, titled, to_pil
+from s18exp.pictures import LEGEND_HEIGHT, TITLE_HEIGHT, captioned_grid, font, side_by_side, titled, to_pil
 from s18exp.report.spec import Column, Curve, CurvePanel, TaskSpec
 from s18exp.tasks import TestResult
 from s18exp.tracking import Tracker
@@ -355,9 +355,13 @@ class VAETask:
         scale = max(1, round(TILE_PIXELS / max(picture.size)))
         return picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
 
-    def wrong_labels_figure(self, inputs: torch.Tensor, outputs: torch.Tensor, true: torch.Tensor, given: torch.Tensor) -> Image.Image:
-        """Two 5-column grids side by side: the inputs captioned with their true class, and the outputs
-        captioned `<true> → <given>`."""
+    def wrong_labels_figure(self, model: nn.Module, test: TensorSplit, given_all: torch.Tensor, runtime: Runtime) -> Image.Image:
+        """Two 5-column grids side by side: chosen test inputs captioned with their true class, and their outputs
+        given the wrong labels `given_all`, captioned `<true> → <given>`."""
+        chosen = spanning_selection(test.targets, WRONG_LABEL_TILES, PICTURE_SEED)
+        index = torch.as_tensor(chosen, dtype=torch.long)
+        inputs, true, given = test.images[index], test.targets[index], given_all[index]
+        outputs = self.outputs(model, inputs, given, runtime)
         names = self.class_names
         rows = [list(range(i, min(i + WRONG_LABEL_COLUMNS, len(inputs)))) for i in range(0, len(inputs), WRONG_LABEL_COLUMNS)]
         blank = Image.new("RGB", self._tile(inputs[0]).size, "white")
@@ -382,7 +386,7 @@ class VAETask:
         titles = ["input"] + [f"label {self.class_names[k]}" for k in labels]
         captions = [[f"true: {self.class_names[true[r]]}"] + [""] * len(labels) for r in range(len(inputs))]
         grid = captioned_grid(tiles, titles, captions, caption_height=CAPTION_HEIGHT)
-        return titled(grid, "each row: one test input (left), then the decoder's output for z = mu under each label (columns)")
+        return titled(grid, f"{self.cfg.run_name}: each row: one test input (left), then the decoder's output for z = mu under each label (columns)")
 
     def judge_train_split(self, data: Any, limit: int | None) -> TensorSplit:
         """The judge's training images: the dataset's whole training split (or a seeded `limit` of it), whatever
@@ -391,52 +395,38 @@ class VAETask:
             return data.train
         return self.build_data(limit_train=limit, limit_val=1, limit_test=1).train
 
-    def finalize(self, model: nn.Module, data: Any, runtime: Runtime, run_dir: Path, tracker: Tracker) -> dict[str, Any]:
-        """wrong_labels.png, reconstructions.png and samples.png; then the judge's scores of the wrong-label
-        outputs of the whole test split. Returns the entries it adds to summary.json."""
+    def finalize(
+        self, model: nn.Module, data: Any, runtime: Runtime, run_dir: Path, tracker: Tracker, scores: dict[str, float] | None = None
+    ) -> dict[str, Any]:
+        """The judge's scores of the wrong-label outputs of the whole test split, then wrong_labels.png (under a
+        title with the run's name and its label follow, whose height its PNG records for the report),
+        label_sweep.png, reconstructions.png and samples.png. Returns the entries it adds to summary.json. The
+        test split's `scores` are not needed: the VAE's headline, label follow, is the judge's, computed here."""
         test: TensorSplit = data.test
-        generator = torch.Generator().manual_seed(PICTURE_SEED)
-        given_all = other_labels(test.targets, self.num_classes, generator)
-
-        chosen = spanning_selection(test.targets, WRONG_LABEL_TILES, PICTURE_SEED)
-        index = torch.as_tensor(chosen, dtype=torch.long)
-        inputs, true, given = test.images[index], test.targets[index], given_all[index]
-        figure = self.wrong_labels_figure(inputs, self.outputs(model, inputs, given, runtime), true, given)
-        atomic_save_image(figure, run_dir / FILES["wrong_labels"])
-
-        rows = torch.as_tensor(chosen[: min(SWEEP_ROWS, self.num_classes)], dtype=torch.long)
-        sweep_labels = list(range(min(self.num_classes, MAX_PICTURE_CLASSES)))
-        sweep_outputs = [
-            self.outputs(model, test.images[rows], torch.full((len(rows),), k, dtype=torch.long), runtime) for k in sweep_labels
-        ]
-        sweep_figure = self.label_sweep_figure(test.images[rows], test.targets[rows], sweep_outputs, sweep_labels)
-        atomic_save_image(sweep_figure, run_dir / FILES["label_sweep"])
-
-        shown = chosen[: min(self.num_classes, MAX_PICTURE_CLASSES)]
-        index = torch.as_tensor(shown, dtype=torch.long)
-        recon = self.outputs(model, test.images[index], test.targets[index], runtime)
-        recon_figure = titled(
-            captioned_grid(
-                [[self._tile(test.images[i]) for i in shown], [self._tile(r) for r in recon]],
-                captions=[[self.class_names[test.targets[i]] for i in shown], ["reconstruction"] + [""] * (len(shown) - 1)],
-                caption_height=CAPTION_HEIGHT,
-            ),
-            "top row: one test image per class; bottom row: its reconstruction with its true label",
+        given_all = other_labels(test.targets, self.num_classes, torch.Generator().manual_seed(PICTURE_SEED))
+        judged = self.judge_scores(model, data, runtime, given_all)
+        run = self.cfg.run_name
+        figure = self.wrong_labels_figure(model, test, given_all, runtime)
+        framed = titled(figure, f"{run}: label follow {judged['test/label_follow_acc']:.3f} (the judge's reading of all {len(test)} test outputs)")
+        atomic_save_image(framed, run_dir / FILES["wrong_labels"], text={TITLE_HEIGHT: str(framed.height - figure.height), LEGEND_HEIGHT: "0"})
+        pictures = {"label_sweep": self.label_sweep_picture(model, test, runtime), **self.reconstruction_and_samples(model, test, runtime)}
+        for key, picture in pictures.items():
+            atomic_save_image(picture, run_dir / FILES[key])
+        tracker.log(
+            {
+                **judged,
+                MEDIA["wrong_labels"]: tracker.image(framed, caption="input | output given a wrong label"),
+                MEDIA["label_sweep"]: tracker.image(pictures["label_sweep"], caption="rows: test inputs; columns: the input, then its output under each label"),
+                MEDIA["reconstructions"]: tracker.image(pictures["reconstructions"]),
+                MEDIA["samples"]: tracker.image(pictures["samples"], caption="z ~ N(0, I), one row per class"),
+            }
         )
-        atomic_save_image(recon_figure, run_dir / FILES["reconstructions"])
+        return judged
 
-        classes = list(range(min(self.num_classes, MAX_PICTURE_CLASSES)))
-        drawn = self.samples(model, classes, runtime)
-        sample_figure = titled(
-            captioned_grid(
-                [[self._tile(drawn[r * SAMPLES_PER_CLASS + k]) for k in range(SAMPLES_PER_CLASS)] for r in range(len(classes))],
-                captions=[[self.class_names[c]] + [""] * (SAMPLES_PER_CLASS - 1) for c in classes],
-                caption_height=CAPTION_HEIGHT,
-            ),
-            "each row: one label; each column: one z ~ N(0, I), the same in every row, decoded with the row's label",
-        )
-        atomic_save_image(sample_figure, run_dir / FILES["samples"])
-
+    def judge_scores(self, model: nn.Module, data: Any, runtime: Runtime, given_all: torch.Tensor) -> dict[str, float]:
+        """What the judge reads: the real test images, the outputs given the wrong labels `given_all`, the
+        reconstructions with the true labels, and one sample per test image."""
+        test: TensorSplit = data.test
         settings = OmegaConf.to_container(self.cfg.task.judge, resolve=True)
         cache_dir = self.cfg.paths.cache_dir if settings.pop("cache", True) else None
         judge = judge_for(
@@ -448,20 +438,47 @@ class VAETask:
         judged_recon = classify(judge, self.outputs(model, test.images, test.targets, runtime), runtime)
         sample_labels = torch.arange(len(test)) % self.num_classes
         judged_samples = classify(judge, self.samples_for(model, sample_labels, runtime), runtime)
-        scores = {
+        return {
             "judge/test_acc": float((judged_real == test.targets).double().mean()),
             "test/label_follow_acc": float((judged_wrong == given_all).double().mean()),
             "test/input_keep_acc": float((judged_wrong == test.targets).double().mean()),
             "test/recon_judge_acc": float((judged_recon == test.targets).double().mean()),
             "test/sample_follow_acc": float((judged_samples == sample_labels).double().mean()),
         }
-        tracker.log(
-            {
-                **scores,
-                MEDIA["wrong_labels"]: tracker.image(figure, caption="input | output given a wrong label"),
-                MEDIA["label_sweep"]: tracker.image(sweep_figure, caption="rows: test inputs; columns: the input, then its output under each label"),
-                MEDIA["reconstructions"]: tracker.image(recon_figure),
-                MEDIA["samples"]: tracker.image(sample_figure, caption="z ~ N(0, I), one row per class"),
-            }
+
+    def label_sweep_picture(self, model: nn.Module, test: TensorSplit, runtime: Runtime) -> Image.Image:
+        """label_sweep.png: a few test inputs, each under every label."""
+        chosen = spanning_selection(test.targets, WRONG_LABEL_TILES, PICTURE_SEED)
+        rows = torch.as_tensor(chosen[: min(SWEEP_ROWS, self.num_classes)], dtype=torch.long)
+        sweep_labels = list(range(min(self.num_classes, MAX_PICTURE_CLASSES)))
+        sweep_outputs = [
+            self.outputs(model, test.images[rows], torch.full((len(rows),), k, dtype=torch.long), runtime) for k in sweep_labels
+        ]
+        return self.label_sweep_figure(test.images[rows], test.targets[rows], sweep_outputs, sweep_labels)
+
+    def reconstruction_and_samples(self, model: nn.Module, test: TensorSplit, runtime: Runtime) -> dict[str, Image.Image]:
+        """reconstructions.png (one test image per class and its reconstruction) and samples.png (samples of
+        each label), each titled with the run's name."""
+        run = self.cfg.run_name
+        shown = spanning_selection(test.targets, WRONG_LABEL_TILES, PICTURE_SEED)[: min(self.num_classes, MAX_PICTURE_CLASSES)]
+        index = torch.as_tensor(shown, dtype=torch.long)
+        recon = self.outputs(model, test.images[index], test.targets[index], runtime)
+        recon_figure = titled(
+            captioned_grid(
+                [[self._tile(test.images[i]) for i in shown], [self._tile(r) for r in recon]],
+                captions=[[self.class_names[test.targets[i]] for i in shown], ["reconstruction"] + [""] * (len(shown) - 1)],
+                caption_height=CAPTION_HEIGHT,
+            ),
+            f"{run}: top row: one test image per class; bottom row: its reconstruction with its true label",
         )
-        return scores
+        classes = list(range(min(self.num_classes, MAX_PICTURE_CLASSES)))
+        drawn = self.samples(model, classes, runtime)
+        sample_figure = titled(
+            captioned_grid(
+                [[self._tile(drawn[r * SAMPLES_PER_CLASS + k]) for k in range(SAMPLES_PER_CLASS)] for r in range(len(classes))],
+                captions=[[self.class_names[c]] + [""] * (SAMPLES_PER_CLASS - 1) for c in classes],
+                caption_height=CAPTION_HEIGHT,
+            ),
+            f"{run}: each row: one label; each column: one z ~ N(0, I), the same in every row, decoded with the row's label",
+        )
+        return {"reconstructions": recon_figure, "samples": sample_figure}
