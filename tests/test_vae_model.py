@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -23,7 +24,7 @@ from s18exp.models.vae import (
 from vae_data import one_thread  # noqa: F401  (fixture)
 
 DOWNSAMPLES = {"maxpool": MaxPoolDownsample, "strided": StridedConvDownsample}
-UPSAMPLES = {"transpose": TransposeUpsample, "upsample": InterpolateUpsample}
+UPSAMPLES = {"transpose": TransposeUpsample, "upsample": InterpolateUpsample, "nearest": partial(InterpolateUpsample, mode="nearest")}
 SHAPES = {"mnist": (1, 32), "cifar10": (3, 32)}  # channels, image size
 
 
@@ -89,6 +90,27 @@ def test_encoder_condition_the_decoder_has_no_label_input_at_all():
         assert torch.equal(model.decode(z, torch.tensor([0, 1])), model.decode(z, torch.tensor([5, 7])))
         # the label still acts, through the encoder (multiplied into its features)
         assert not torch.equal(model.encode(x, torch.tensor([0, 1]))[0], model.encode(x, torch.tensor([5, 7]))[0])
+
+
+@pytest.mark.parametrize("up", list(UPSAMPLES))
+def test_only_the_transposed_convolution_draws_a_grid_over_a_flat_input(up: str):
+    """A constant feature map up-sampled: the interpolating blocks give a constant picture away from the border,
+    a stride-2 transposed convolution gives each pixel of a 2x2 block its own weights, a grid of period 2."""
+    torch.manual_seed(0)
+    block = UPSAMPLES[up](4, 3)
+    with torch.no_grad():
+        out = block(torch.ones(1, 4, 8, 8))[0, :, 2:-2, 2:-2]
+    flat = torch.allclose(out, out[:, :1, :1].expand_as(out), atol=1e-6)
+    assert flat == (up != "transpose")
+    if up == "transpose":
+        assert torch.equal(out[:, ::2, ::2], out[:, 2::2, 2::2][:, :1, :1].expand_as(out[:, ::2, ::2]))  # period 2
+
+
+def test_the_nearest_decoder_is_a_config_choice():
+    from vae_data import compose_vae
+
+    cfg = compose_vae(["decoder=nearest"])
+    assert cfg.decoder.upsample.mode == "nearest" and cfg.run_name == "vae_mnist_both_mp_nn-s0"
 
 
 def test_unknown_condition_and_bad_image_size_are_user_errors():

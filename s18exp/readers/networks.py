@@ -51,15 +51,15 @@ class ResidualBlock(nn.Module):
 
 
 class ResidualReader(nn.Module):
-    """A stem, then residual stages of `width`, 2x and 4x channels, the last two at stride 2; global average
-    pooling and a linear layer."""
+    """A stem, then residual blocks of `width`, 2x, 4x and 8x channels, each after the first at stride 2 (a
+    32 px image ends at 4 px); global average pooling and a linear layer."""
 
     def __init__(self, in_channels: int, num_classes: int, width: int) -> None:
         super().__init__()
-        widths = (width, 2 * width, 4 * width)
+        widths = (width, 2 * width, 4 * width, 8 * width)
         self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.GELU())
         self.stages = nn.Sequential(
-            ResidualBlock(width, widths[0], 1), ResidualBlock(widths[0], widths[1], 2), ResidualBlock(widths[1], widths[2], 2)
+            *(ResidualBlock(c_in, c_out, 1 if i == 0 else 2) for i, (c_in, c_out) in enumerate(zip((width,) + widths, widths)))
         )
         self.head = nn.Linear(widths[-1], num_classes)
 

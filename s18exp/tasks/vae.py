@@ -470,14 +470,13 @@ class VAETask:
         progress = self.cfg.trainer.progress
         settings = OmegaConf.to_container(self.cfg.task.judge, resolve=True)
         cache_dir = self.cfg.paths.cache_dir if settings.pop("cache", True) else None
-        judge = judge_for(
-            self.classifier_train_split(data, settings.pop("limit_train", None)), self.cfg.data.name, self.class_names,
-            settings, runtime, cache_dir, progress,
-        )
-        panel_settings = self.cfg.task.panel
+        judge_limit, panel_limit = settings.pop("limit_train", None), self.cfg.task.panel.limit_train
+        judge_train = self.classifier_train_split(data, judge_limit)
+        judge = judge_for(judge_train, self.cfg.data.name, self.class_names, settings, runtime, cache_dir, progress)
         panel = panel_for(
-            self.classifier_train_split(data, panel_settings.limit_train), data.test, self.cfg.data.name, self.class_names,
-            self.panel_readers, runtime, self.cfg.paths.cache_dir if panel_settings.cache else None, progress,
+            judge_train if panel_limit == judge_limit else self.classifier_train_split(data, panel_limit), data.test,
+            self.cfg.data.name, self.class_names, self.panel_readers, runtime,
+            self.cfg.paths.cache_dir if self.cfg.task.panel.cache else None, progress,
         )
         networks = {JUDGE: judge, **{reader.name: reader.network for reader in panel}}
         return networks, {f"panel/train_seconds/{reader.name}": reader.train_seconds for reader in panel}
