@@ -200,6 +200,10 @@ def test_readers_are_trained_once_then_read_from_the_cache(image_folder: Path, t
     assert trained == ["a", "b", "b"]
     panel_for(data.train.subset(list(range(20))), data.test, "tiny", task.class_names, readers, CPU, cache, "off")
     assert trained == ["a", "b", "b", "a", "b"]
+    # so does a change of the recipe that every reader's training shares
+    monkeypatch.setitem(panel_module.RECIPE, "label_smoothing", 0.2)
+    panel_for(data.train, data.test, "tiny", task.class_names, readers, CPU, cache, "off")
+    assert trained == ["a", "b", "b", "a", "b", "a", "b"]
 
 
 def test_the_default_panel_is_three_architectures_each_its_own_seed_and_augmentation():

@@ -8,7 +8,7 @@ are unlikely to fool all three:
 - `resnet`: residual blocks of 3x3 convolutions, BatchNorm and GELU, down-sampling by stride-2 convolutions;
 - `mixer`: an MLP-Mixer: the image cut into patches (a linear map of each), then blocks that mix across
   patches and across channels with MLPs, LayerNorm and GELU; no convolution after the patch map;
-- `wide`: three wide layers with large kernels (7x7, 5x5, 3x3), BatchNorm, SiLU and average pooling.
+- `wide`: few, wide layers that start with large kernels (7x7, then 5x5), BatchNorm, SiLU and average pooling.
 
 Every reader takes images in [0, 1] (N, C, H, W) and returns logits (N, num_classes).
 """
@@ -111,8 +111,9 @@ class MixerReader(nn.Module):
 
 
 class WideReader(nn.Module):
-    """Shallow and wide: a 7x7 convolution of `width` channels, average pooling, a 5x5 of 2x, average pooling, a
-    3x3 of 4x, each with BatchNorm and SiLU; global average pooling, dropout and a linear layer."""
+    """Large kernels first and few layers: a 7x7 convolution of `width` channels, average pooling, a 5x5 and a
+    3x3 of 2x, average pooling, two 3x3 of 4x, each with BatchNorm and SiLU; global average pooling, dropout and
+    a linear layer."""
 
     def __init__(self, in_channels: int, num_classes: int, width: int) -> None:
         super().__init__()
@@ -123,10 +124,10 @@ class WideReader(nn.Module):
 
         self.features = nn.Sequential(
             *layer(in_channels, widths[0], 7), nn.AvgPool2d(2),
-            *layer(widths[0], widths[1], 5), nn.AvgPool2d(2),
-            *layer(widths[1], widths[2], 3),
+            *layer(widths[0], widths[1], 5), *layer(widths[1], widths[1], 3), nn.AvgPool2d(2),
+            *layer(widths[1], widths[2], 3), *layer(widths[2], widths[2], 3),
         )
-        self.dropout = nn.Dropout(0.25)
+        self.dropout = nn.Dropout(0.1)
         self.head = nn.Linear(widths[-1], num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """The panel: readers trained once per dataset, image size and training split, cached, and their readings.
 
-Each reader is cached in `paths.cache_dir/readers/` under a key that hashes the training tensors and the
-reader's settings (its name, architecture, width, schedule, seed and augmentation), like the judge. The
+Each reader is cached in `paths.cache_dir/readers/` under a key that hashes the training tensors, the
+reader's settings (its name, architecture, width, schedule, seed and augmentation), its network's layers and
+the recipe that every reader's training shares, like the judge. The
 entry also records the reader's accuracy on the test split it was first scored on and its training time.
 """
 
@@ -23,7 +24,7 @@ from s18exp.errors import UserError
 from s18exp.models.judge import classify
 from s18exp.readers.augment import AUGMENT_KEYS
 from s18exp.readers.networks import ARCHITECTURES, build_reader
-from s18exp.readers.training import train_reader
+from s18exp.readers.training import RECIPE, train_reader
 from s18exp.runtime import Runtime
 
 READER_KEYS = ("arch", "width", "epochs", "batch_size", "lr", "seed", "augment")
@@ -88,6 +89,7 @@ def panel_for(
     digest = tensor_digest(train.images, train.targets.long())
     panel = []
     for name, settings in readers.items():
+        network = build_reader(settings["arch"], train.images.shape[1], len(class_names), settings["width"], train.images.shape[-1])
         description = {
             "dataset": dataset,
             "split": f"reader-{name}",
@@ -96,6 +98,9 @@ def panel_for(
             "classes": list(class_names),
             "train": digest,
             "settings": settings,
+            # the network's layers as torch prints them and the shared recipe: a change of either trains anew
+            "network": str(network),
+            "recipe": RECIPE,
         }
 
         def build(name: str = name, settings: dict[str, Any] = settings) -> dict:
@@ -109,7 +114,6 @@ def panel_for(
             return {"state_dict": state, "test_acc": accuracy, "test_images": len(test), "train_seconds": seconds}
 
         entry = cached(Path(cache_dir) / "readers" if cache_dir else None, description, build)
-        network = build_reader(settings["arch"], train.images.shape[1], len(class_names), settings["width"], train.images.shape[-1])
         network.load_state_dict(entry["state_dict"])
         panel.append(Reader(name, runtime.prepare_model(network).eval(), float(entry["test_acc"]), int(entry["test_images"]), float(entry["train_seconds"])))
     return panel

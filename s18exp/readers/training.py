@@ -22,9 +22,13 @@ from s18exp.readers.augment import augmented
 from s18exp.readers.networks import build_reader
 from s18exp.runtime import Runtime
 
-LABEL_SMOOTHING = 0.1
-WEIGHT_DECAY = 5e-2
-BATCHNORM_BATCHES = 40  # augmented training batches averaged into the BatchNorm statistics
+# What every reader's training shares; part of each reader's cache key, so a change here trains them anew.
+RECIPE = {
+    "label_smoothing": 0.1,
+    "weight_decay": 5e-2,
+    "warmup": 0.15,  # share of the steps over which the one-cycle learning rate rises
+    "batchnorm_batches": 40,  # augmented training batches averaged into the BatchNorm statistics
+}
 
 
 def augmented_batch(images: torch.Tensor, augment: dict[str, Any], generator: torch.Generator) -> torch.Tensor:
@@ -43,8 +47,8 @@ def train_reader(name: str, train: TensorSplit, num_classes: int, settings: dict
             build_reader(settings["arch"], train.images.shape[1], num_classes, settings["width"], train.images.shape[-1])
         )
         batches = Batches(train, settings["batch_size"], shuffle=True, seed=settings["seed"])
-        optimizer = torch.optim.AdamW(reader.parameters(), lr=settings["lr"], weight_decay=WEIGHT_DECAY)
-        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, settings["lr"], total_steps=settings["epochs"] * len(batches), pct_start=0.15)
+        optimizer = torch.optim.AdamW(reader.parameters(), lr=settings["lr"], weight_decay=RECIPE["weight_decay"])
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, settings["lr"], total_steps=settings["epochs"] * len(batches), pct_start=RECIPE["warmup"])
         scaler = torch.amp.GradScaler(runtime.device.type, enabled=runtime.precision == "fp16")
         for epoch in range(1, settings["epochs"] + 1):
             reader.train()
@@ -57,7 +61,7 @@ def train_reader(name: str, train: TensorSplit, num_classes: int, settings: dict
                     images, labels = runtime.to_device(images, labels)
                     x = augmented_batch(images, settings["augment"], generator)
                     with runtime.autocast():
-                        loss = F.cross_entropy(reader(x).float(), labels, label_smoothing=LABEL_SMOOTHING)
+                        loss = F.cross_entropy(reader(x).float(), labels, label_smoothing=RECIPE["label_smoothing"])
                     optimizer.zero_grad(set_to_none=True)
                     scaler.scale(loss).backward()
                     scaler.step(optimizer)
@@ -73,7 +77,7 @@ def train_reader(name: str, train: TensorSplit, num_classes: int, settings: dict
 
 @torch.no_grad()
 def recompute_batchnorm(reader: nn.Module, batches: Batches, augment: dict[str, Any], generator: torch.Generator, runtime: Runtime) -> None:
-    """BatchNorm running statistics as the plain average over BATCHNORM_BATCHES augmented training batches."""
+    """BatchNorm running statistics as the plain average over RECIPE["batchnorm_batches"] augmented training batches."""
     norms = [m for m in reader.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return
@@ -82,7 +86,7 @@ def recompute_batchnorm(reader: nn.Module, batches: Batches, augment: dict[str, 
         norm.momentum = None  # None: a cumulative average of every batch seen, not an exponential one
     reader.train()
     for step, (images, _) in enumerate(batches):
-        if step == BATCHNORM_BATCHES:
+        if step == RECIPE["batchnorm_batches"]:
             break
         with runtime.autocast():
             reader(augmented_batch(images.to(runtime.device), augment, generator))
