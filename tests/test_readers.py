@@ -186,8 +186,10 @@ def test_readers_are_trained_once_then_read_from_the_cache(image_folder: Path, t
     monkeypatch.setattr(panel_module, "train_reader", counting)
     readers = {"a": reader_settings(arch="resnet"), "b": reader_settings(arch="mixer", seed=2)}
     cache = tmp_path / "cache"
+    rng = torch.random.get_rng_state()
     first = panel_for(data.train, data.test, "tiny", task.class_names, readers, CPU, cache, "off")
     assert trained == ["a", "b"] and len(list((cache / "readers").glob("*.pt"))) == 2
+    assert torch.equal(torch.random.get_rng_state(), rng)  # the run's random state is left as it was
     second = panel_for(data.train, data.test, "tiny", task.class_names, readers, CPU, cache, "off")
     assert trained == ["a", "b"]  # nothing trained again
     for before, after in zip(first, second):

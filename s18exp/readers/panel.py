@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from s18exp import console
@@ -42,7 +43,9 @@ class Reader:
 
 
 def _number(where: str, value: Any, low: float, integer: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < math.inf or (integer and value != int(value)):
+    """`value`, or a UserError naming `where` when it is not a finite number >= `low` (an integer if asked)."""
+    numeric = not isinstance(value, bool) and isinstance(value, (int, float))
+    if not numeric or not low <= value < math.inf or (integer and value != int(value)):
         kind = "an integer" if integer else "a finite number"
         raise UserError(f"{where}={value!r} must be {kind} >= {low:g}")
     return value
@@ -89,7 +92,8 @@ def panel_for(
     digest = tensor_digest(train.images, train.targets.long())
     panel = []
     for name, settings in readers.items():
-        network = build_reader(settings["arch"], train.images.shape[1], len(class_names), settings["width"], train.images.shape[-1])
+        with torch.random.fork_rng(devices=[]):  # its initial weights are replaced below; the run's RNG stays as it was
+            network = build_reader(settings["arch"], train.images.shape[1], len(class_names), settings["width"], train.images.shape[-1])
         description = {
             "dataset": dataset,
             "split": f"reader-{name}",
@@ -106,14 +110,15 @@ def panel_for(
         def build(name: str = name, settings: dict[str, Any] = settings) -> dict:
             console.info(f"training reader {name} ({settings['arch']}) on {len(train)} {dataset} training images (cached afterwards)")
             start = time.perf_counter()
-            network = train_reader(name, train, len(class_names), settings, runtime, progress)
+            trained = train_reader(name, train, len(class_names), settings, runtime, progress)
             seconds = time.perf_counter() - start
-            accuracy = float((classify(network, test.images, runtime) == test.targets).double().mean())
+            accuracy = float((classify(trained, test.images, runtime) == test.targets).double().mean())
             console.info(f"reader {name}: {accuracy:.4f} on {len(test)} real test images, trained in {seconds:.0f} s")
-            state = {k: v.detach().cpu() for k, v in network.state_dict().items()}
+            state = {k: v.detach().cpu() for k, v in trained.state_dict().items()}
             return {"state_dict": state, "test_acc": accuracy, "test_images": len(test), "train_seconds": seconds}
 
         entry = cached(Path(cache_dir) / "readers" if cache_dir else None, description, build)
         network.load_state_dict(entry["state_dict"])
-        panel.append(Reader(name, runtime.prepare_model(network).eval(), float(entry["test_acc"]), int(entry["test_images"]), float(entry["train_seconds"])))
+        recorded = (float(entry["test_acc"]), int(entry["test_images"]), float(entry["train_seconds"]))
+        panel.append(Reader(name, runtime.prepare_model(network).eval(), *recorded))
     return panel
