@@ -6,7 +6,6 @@ It is trained once per dataset, image size and training split on that split's re
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from torchvision.transforms.functional import gaussian_blur
 
 from s18exp import console
 from s18exp.data import Batches, TensorSplit
-from s18exp.data.cache import cached
+from s18exp.data.cache import cached, tensor_digest
 from s18exp.losses import cross_entropy
 from s18exp.models.judge import Judge, build_judge, to_unit
 from s18exp.runtime import Runtime
@@ -26,16 +25,13 @@ from s18exp.updates import optimizer_step
 
 def judge_description(train: TensorSplit, dataset: str, class_names: list[str], settings: dict[str, Any]) -> dict[str, Any]:
     """Everything that decides the judge's weights: the training tensors themselves (hashed) and its settings."""
-    digest = hashlib.sha256()
-    digest.update(train.images.contiguous().numpy().tobytes())
-    digest.update(train.targets.long().contiguous().numpy().tobytes())
     return {
         "dataset": dataset,
         "split": "judge",
         "image_size": int(train.images.shape[-1]),
         "channels": int(train.images.shape[1]),
         "classes": list(class_names),
-        "train": digest.hexdigest(),
+        "train": tensor_digest(train.images, train.targets.long()),
         "settings": settings,
     }
 

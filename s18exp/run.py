@@ -385,5 +385,6 @@ def read_last_state(run_dir: Path) -> dict[str, Any]:
 
 
 def summary_metrics(summary: dict[str, Any]) -> dict[str, Any]:
-    """The scores the console shows at the end of a run: the test split's, and the VAE judge's own accuracy."""
-    return {k: v for k, v in summary.items() if k.startswith(("test/", "judge/"))}
+    """The scores the console shows at the end of a run: the test split's, and for the VAE the judge's and the
+    panel's readers' own (their accuracy on real test images, their training time)."""
+    return {k: v for k, v in summary.items() if k.startswith(("test/", "judge/", "panel/"))}

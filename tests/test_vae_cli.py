@@ -54,7 +54,7 @@ def test_one_epoch_run_leaves_the_run_dir_contract(trained_run: Path):
         assert (trained_run / name).stat().st_size > 0
     assert (trained_run / "checkpoints" / "best.pt").is_file() and (trained_run / "checkpoints" / "last.pt").is_file()
     weights = torch.load(trained_run / "checkpoints" / "best.pt", weights_only=False)["model"]
-    assert any(key.startswith("guide.") for key in weights)  # the guide trained and was saved with the model
+    assert any(key.startswith("guides.judge.") for key in weights)  # the guide trained and was saved with the model
     assert list((trained_run / "wandb").glob("offline-run-*")), "no offline W&B run"
 
 

@@ -51,7 +51,7 @@ def model_state(run_dir: Path, name: str = "last.pt") -> dict[str, torch.Tensor]
 
 
 def guide_keys(weights: dict[str, torch.Tensor]) -> list[str]:
-    return [key for key in weights if key.startswith("guide.")]
+    return [key for key in weights if key.startswith("guides.")]
 
 
 def assert_same_training(run_dir: Path, reference_dir: Path) -> None:

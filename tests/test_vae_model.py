@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import itertools
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -23,7 +24,7 @@ from s18exp.models.vae import (
 from vae_data import one_thread  # noqa: F401  (fixture)
 
 DOWNSAMPLES = {"maxpool": MaxPoolDownsample, "strided": StridedConvDownsample}
-UPSAMPLES = {"transpose": TransposeUpsample, "upsample": InterpolateUpsample}
+UPSAMPLES = {"transpose": TransposeUpsample, "upsample": InterpolateUpsample, "nearest": partial(InterpolateUpsample, mode="nearest")}
 SHAPES = {"mnist": (1, 32), "cifar10": (3, 32)}  # channels, image size
 
 
@@ -89,6 +90,27 @@ def test_encoder_condition_the_decoder_has_no_label_input_at_all():
         assert torch.equal(model.decode(z, torch.tensor([0, 1])), model.decode(z, torch.tensor([5, 7])))
         # the label still acts, through the encoder (multiplied into its features)
         assert not torch.equal(model.encode(x, torch.tensor([0, 1]))[0], model.encode(x, torch.tensor([5, 7]))[0])
+
+
+@pytest.mark.parametrize("up", list(UPSAMPLES))
+def test_only_the_transposed_convolution_draws_a_grid_over_a_flat_input(up: str):
+    """A constant feature map up-sampled: the interpolating blocks give a constant picture away from the border,
+    a stride-2 transposed convolution gives each pixel of a 2x2 block its own weights, a grid of period 2."""
+    torch.manual_seed(0)
+    block = UPSAMPLES[up](4, 3)
+    with torch.no_grad():
+        out = block(torch.ones(1, 4, 8, 8))[0, :, 2:-2, 2:-2]
+    flat = torch.allclose(out, out[:, :1, :1].expand_as(out), atol=1e-6)
+    assert flat == (up != "transpose")
+    if up == "transpose":
+        assert torch.equal(out[:, ::2, ::2], out[:, 2::2, 2::2][:, :1, :1].expand_as(out[:, ::2, ::2]))  # period 2
+
+
+def test_the_nearest_decoder_is_a_config_choice():
+    from vae_data import compose_vae
+
+    cfg = compose_vae(["decoder=nearest"])
+    assert cfg.decoder.upsample.mode == "nearest" and cfg.run_name == "vae_mnist_both_mp_nn-s0"
 
 
 def test_unknown_condition_and_bad_image_size_are_user_errors():
@@ -161,47 +183,83 @@ def test_judge_training_blurs_a_random_half_of_each_batch():
     assert blur_half(torch.rand(2, 1, 4, 4), 2.0, torch.Generator()).shape == (2, 1, 4, 4)  # tiny images work
 
 
-def make_guided(condition: str = "both", guide_width: int = 4) -> LabelVAE:
+def make_guided(condition: str = "both", guide_width: int = 4, arches: tuple[str, ...] = ("judge",), augment: nn.Module | None = None,
+                channels: int = 1) -> LabelVAE:
     torch.manual_seed(0)
-    return LabelVAE(10, MaxPoolDownsample, TransposeUpsample, image_size=32, in_channels=1, latent_dim=6,
-                    condition=condition, width=4, depth=2, embed_dim=5, guide_width=guide_width)
+    return LabelVAE(10, MaxPoolDownsample, TransposeUpsample, image_size=32, in_channels=channels, latent_dim=6,
+                    condition=condition, width=4, depth=2, embed_dim=5, guide_width=guide_width, guide_arches=arches,
+                    drawn_augment=augment)
 
 
-def test_guide_exists_only_where_the_decoder_sees_the_label_and_a_width_is_given():
-    assert isinstance(make_guided("both").guide, Judge)
-    assert isinstance(make_guided("decoder").guide, Judge)
-    assert make_guided("encoder").guide is None
-    assert make_guided("both", guide_width=0).guide is None
+def test_guides_exist_only_where_the_decoder_sees_the_label_and_a_width_is_given():
+    assert isinstance(make_guided("both").guides["judge"], Judge)
+    assert isinstance(make_guided("decoder").guides["judge"], Judge)
+    assert list(make_guided("both", arches=("judge", "dilated")).guides) == ["judge", "dilated"]
+    assert make_guided("encoder").guides is None
+    assert make_guided("both", guide_width=0).guides is None
     with pytest.raises(UserError, match="model.guide_width=-1"):
         make_guided(guide_width=-1)
+    for arches in ((), ("judge", "judge"), ("resnet",)):
+        with pytest.raises(UserError, match="task.guides="):
+            make_guided(arches=arches)
 
 
-def test_guide_verdict_on_drawn_images_teaches_the_decoder_only():
-    model = make_guided("both").eval()  # eval: no dropout, so the guide's passes can be repeated exactly
+def test_a_checkpoint_of_one_guide_loads_as_the_judge_guide():
+    model = make_guided("both")
+    old = {(key.replace("guides.judge.", "guide.")): value for key, value in model.state_dict().items()}
+    assert any(key.startswith("guide.") for key in old)
+    fresh = make_guided("both")
+    torch.nn.init.zeros_(fresh.guides["judge"].head.weight)
+    fresh.load_state_dict(old)
+    assert torch.equal(fresh.guides["judge"].head.weight, model.guides["judge"].head.weight)
+
+
+class _Recorder(nn.Module):
+    """A drawn-image augmentation that records what it was given and adds a constant, so its effect shows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.detach().clone())
+        return x + 0.25
+
+
+@pytest.mark.parametrize("arches", [("judge",), ("judge", "dilated")])
+def test_guide_verdicts_on_augmented_drawn_images_teach_the_decoder_only(arches: tuple[str, ...]):
+    recorder = _Recorder()
+    model = make_guided("both", arches=arches, augment=recorder).eval()  # eval: no dropout, repeatable guide passes
     x, labels, given = torch.rand(4, 1, 32, 32), torch.tensor([0, 1, 2, 3]), torch.tensor([5, 6, 7, 8])
     torch.manual_seed(1)
     logits, mu, logvar, on_real, on_drawn = model(x, labels, guide_inputs=x, guide_labels=given)
-    assert on_real.shape == on_drawn.shape == (4, 10)
-    # the verdicts are the guide's own logits, on the real images and on the drawn mean images for the same z
+    assert on_real.shape == on_drawn.shape == (len(arches), 4, 10)
+    # The augmentation saw the drawn mean images of the same z under the given labels, and nothing else: the
+    # guides read the real images unchanged and the drawn images changed.
     torch.manual_seed(1)
     mu2, logvar2 = model.encode(x, labels)
     z = mu2 + torch.randn_like(mu2) * (0.5 * logvar2).exp()
     with torch.no_grad():
-        assert torch.allclose(on_real, model.guide(x), atol=1e-5)
-        assert torch.allclose(on_drawn, model.guide(torch.sigmoid(model.decode(z, given))), atol=1e-5)
+        drawn = torch.sigmoid(model.decode(z, given))
+        (seen,) = recorder.seen
+        assert torch.allclose(seen, drawn, atol=1e-6)
+        for g, guide in enumerate(model.guides.values()):
+            assert torch.allclose(on_real[g], guide(x), atol=1e-5)
+            assert torch.allclose(on_drawn[g], guide(drawn + 0.25), atol=1e-5)
 
     model.zero_grad()
-    torch.nn.functional.cross_entropy(on_drawn, given).backward()
+    torch.nn.functional.cross_entropy(on_drawn.flatten(0, 1), given.repeat(len(arches))).backward()
     decoder_grad = sum(p.grad.abs().sum() for p in model.decoder.parameters() if p.grad is not None)
     assert decoder_grad > 0
-    assert all(p.grad is None or not p.grad.any() for p in model.guide.parameters())
+    assert all(p.grad is None or not p.grad.any() for p in model.guides.parameters())
     assert all(p.grad is None or not p.grad.any() for p in model.encoder.parameters())
 
     model.zero_grad()
     torch.manual_seed(1)
     _, _, _, on_real, _ = model(x, labels, guide_inputs=x, guide_labels=given)
-    torch.nn.functional.cross_entropy(on_real, labels).backward()
-    assert sum(p.grad.abs().sum() for p in model.guide.parameters()) > 0
+    torch.nn.functional.cross_entropy(on_real.flatten(0, 1), labels.repeat(len(arches))).backward()
+    for guide in model.guides.values():
+        assert sum(p.grad.abs().sum() for p in guide.parameters()) > 0
     assert all(p.grad is None or not p.grad.any() for p in model.decoder.parameters())
-    # without guide labels the model returns the plain triple
-    assert len(model(x, labels)) == 3
+    # without guide labels the model returns the plain triple, and draws nothing to augment
+    assert len(model(x, labels)) == 3 and len(recorder.seen) == 2

@@ -105,12 +105,20 @@ def test_finalize_writes_the_three_pictures_and_the_scores(image_folder: Path, t
     tracker = Tracker(mode="disabled", project="p", entity=None, run_dir=tmp_path, name="n", group="g",
                       job_type="vae", tags=[], config={})
     scores = task.finalize(model, data, CPU, tmp_path, tracker)
+    panel = ("resnet", "mixer", "wide")
+    measures = ("label_follow", "input_keep", "recon_read", "sample_follow")
     assert set(scores) == {
-        "judge/test_acc", "test/label_follow_acc", "test/input_keep_acc", "test/recon_judge_acc", "test/sample_follow_acc"
+        "test/elbo", "test/recon", "test/kl", "judge/test_acc", "test/label_follow_spread",
+        *(f"test/{m}_{stat}" for m in measures for stat in ("acc", "mean")),
+        *(f"test/{m}/{name}" for m in measures for name in panel),
+        *(f"judge/{m}_acc" for m in measures),
+        *(f"panel/{what}/{name}" for what in ("test_acc", "train_seconds") for name in panel),
     }
-    assert all(0.0 <= v <= 1.0 for v in scores.values())
+    assert all(0.0 <= v <= 1.0 for k, v in scores.items() if k.startswith(("judge/", "test/", "panel/test_acc")) and "elbo" not in k and k not in ("test/recon", "test/kl"))
     # a wrong label never equals the true one, so following it and keeping the input are exclusive
-    assert scores["test/label_follow_acc"] + scores["test/input_keep_acc"] <= 1.0
+    for reader in panel:
+        assert scores[f"test/label_follow/{reader}"] + scores[f"test/input_keep/{reader}"] <= 1.0
+    assert scores["test/label_follow_acc"] == min(scores[f"test/label_follow/{reader}"] for reader in panel)
     for name in FILES.values():
         assert (tmp_path / name).is_file()
     # wrong_labels.png: two grids of 5 columns (inputs, outputs) of 16 px images enlarged 8x to 128 px tiles,
@@ -131,12 +139,15 @@ def test_finalize_writes_the_three_pictures_and_the_scores(image_folder: Path, t
     with Image.open(tmp_path / "samples.png") as samples:  # one row per class, 8 samples a row, under a title
         grid_h = len(CLASSES) * (tile + caption + pad) + pad
         assert samples.width == 8 * (tile + pad) + pad and samples.height - grid_h >= 16
-    # a second run reads the cached judge: same accuracy, no retraining
+    # a second run reads the cached judge and readers: the same scores, no retraining
     judges = list((tmp_path / "cache" / "judges").glob("*.pt"))
-    assert len(judges) == 1
+    readers = sorted((tmp_path / "cache" / "readers").glob("*.pt"))
+    assert len(judges) == 1 and len(readers) == len(panel)
+    stamps = [path.stat().st_mtime_ns for path in readers]
     again = task.finalize(model, data, CPU, tmp_path, tracker)
-    assert again["judge/test_acc"] == scores["judge/test_acc"]
+    assert again == scores
     assert list((tmp_path / "cache" / "judges").glob("*.pt")) == judges
+    assert [path.stat().st_mtime_ns for path in sorted((tmp_path / "cache" / "readers").glob("*.pt"))] == stamps
 
 
 def test_outputs_follow_the_given_label_through_the_decoder(image_folder: Path, tmp_path: Path):
@@ -149,14 +160,14 @@ def test_outputs_follow_the_given_label_through_the_decoder(image_folder: Path, 
     assert a.dtype == torch.uint8 and a.shape == images.shape and not torch.equal(a, b)
 
 
-def test_the_judge_learns_from_the_whole_training_split_whatever_the_vae_used(image_folder: Path, tmp_path: Path):
+def test_the_judge_and_readers_learn_from_the_whole_training_split_whatever_the_vae_used(image_folder: Path, tmp_path: Path):
     task = VAETask(compose_vae([*tiny_overrides(image_folder, tmp_path), "data.limit_train=6"]))
     data = task.build_data()
     assert len(data.train) == 6
-    whole = task.judge_train_split(data, None)
+    whole = task.classifier_train_split(data, None)
     assert len(whole) == len(task.build_data(limit_train=None).train) > 6
-    assert len(task.judge_train_split(data, 9)) == 9
-    assert task.judge_train_split(data, 6) is data.train
+    assert len(task.classifier_train_split(data, 9)) == 9
+    assert task.classifier_train_split(data, 6) is data.train
 
 
 class _LabelPainter(torch.nn.Module):
@@ -185,23 +196,76 @@ class _GreyLevelJudge(torch.nn.Module):
         return -(level[:, None] * len(CLASSES) - 0.5 - torch.arange(len(CLASSES))[None, :]).abs()
 
 
-def test_the_two_ceilings_match_a_count_by_hand(image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+class _ClassZeroReader(torch.nn.Module):
+    """Reads every image as class 0."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.one_hot(torch.zeros(len(x), dtype=torch.long), len(CLASSES)).float()
+
+
+def test_the_panel_and_judge_scores_and_test_items_match_a_count_by_hand(image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     import s18exp.tasks.vae as vae_task
+    from s18exp import test_items
+    from s18exp.readers.panel import Reader
 
     task = VAETask(compose_vae(tiny_overrides(image_folder, tmp_path)))
     data = task.build_data()
+    # The judge and reader "grey" read the painter's grey levels back; reader "zero" always says class 0.
     monkeypatch.setattr(vae_task, "judge_for", lambda *args, **kwargs: _GreyLevelJudge())
+    panel = [Reader("grey", _GreyLevelJudge(), 1.0, 1, 2.0), Reader("zero", _ClassZeroReader(), 1.0, 1, 3.0)]
+    monkeypatch.setattr(vae_task, "panel_for", lambda *args, **kwargs: panel)
     tracker = Tracker(mode="disabled", project="p", entity=None, run_dir=tmp_path, name="n", group="g", job_type="vae", tags=[], config={})
     scores = task.finalize(_LabelPainter(), data, CPU, tmp_path, tracker)
 
     true = data.test.targets.tolist()
+    given = other_labels(data.test.targets, len(CLASSES), torch.Generator().manual_seed(0)).tolist()  # the run's wrong labels
     n = len(true)
-    # reconstructions with the true label: right exactly for the test images of classes 0 and 1
-    assert scores["test/recon_judge_acc"] == pytest.approx(sum(t < 2 for t in true) / n)
-    # samples: labels 0, 1, 2, 0, 1, 2, ... one per test image; right for labels 0 and 1
-    assert scores["test/sample_follow_acc"] == pytest.approx(sum(i % len(CLASSES) < 2 for i in range(n)) / n)
-    # a wrong label is followed only when it is 1, or 0 (which every label >= 2 also paints)
-    assert 0 < scores["test/label_follow_acc"] < 1
+    painted = lambda label: label if label < 2 else 0  # what _LabelPainter draws for a label
+    share = lambda hits: sum(hits) / n
+    by_hand = {
+        "grey": {
+            "label_follow": share(painted(g) == g for g in given),
+            "input_keep": share(painted(g) == t for g, t in zip(given, true)),
+            "recon_read": share(painted(t) == t for t in true),
+            "sample_follow": share(painted(i % 3) == i % 3 for i in range(n)),  # sample labels cycle 0, 1, 2, ...
+        },
+        "zero": {
+            "label_follow": share(g == 0 for g in given),
+            "input_keep": share(t == 0 for t in true),
+            "recon_read": share(t == 0 for t in true),
+            "sample_follow": share(i % 3 == 0 for i in range(n)),
+        },
+    }
+    for measure in ("label_follow", "input_keep", "recon_read", "sample_follow"):
+        grey, zero = by_hand["grey"][measure], by_hand["zero"][measure]
+        assert scores[f"test/{measure}/grey"] == pytest.approx(grey) and scores[f"test/{measure}/zero"] == pytest.approx(zero)
+        assert scores[f"test/{measure}_acc"] == pytest.approx(min(grey, zero))
+        assert scores[f"test/{measure}_mean"] == pytest.approx((grey + zero) / 2)
+        assert scores[f"judge/{measure}_acc"] == pytest.approx(grey)  # the judge reads as "grey" does
+    follow = by_hand["grey"]["label_follow"], by_hand["zero"]["label_follow"]
+    assert scores["test/label_follow_spread"] == pytest.approx(max(follow) - min(follow)) and min(follow) < max(follow)
+    assert scores["panel/test_acc/zero"] == pytest.approx(share(t == 0 for t in true))
+    assert (scores["panel/train_seconds/grey"], scores["panel/train_seconds/zero"]) == (2.0, 3.0)
+
+    # test_items.npz: the same outcomes item by item, the judge's column first; its means are the summary's, exactly
+    items = test_items.load(tmp_path / test_items.TEST_ITEMS)
+    assert items["readers"].tolist() == ["judge", "grey", "zero"]
+    assert items["true_labels"].dtype == items["given_labels"].dtype == np.int64
+    assert items["true_labels"].tolist() == true and items["given_labels"].tolist() == given
+    assert items["follow"].dtype == items["keep"].dtype == items["recon_right"].dtype == np.bool_
+    assert items["follow"].shape == items["keep"].shape == items["recon_right"].shape == (n, 3)
+    assert items["follow"][:, 2].tolist() == [g == 0 for g in given]
+    assert items["keep"][:, 1].tolist() == [painted(g) == t for g, t in zip(given, true)]
+    assert items["recon_right"][:, 0].tolist() == [painted(t) == t for t in true]
+    for array, measure in (("follow", "label_follow"), ("keep", "input_keep"), ("recon_right", "recon_read")):
+        assert float(items[array][:, 0].mean()) == scores[f"judge/{measure}_acc"]
+        assert [float(items[array][:, i].mean()) for i in (1, 2)] == [scores[f"test/{measure}/grey"], scores[f"test/{measure}/zero"]]
+        assert min(float(items[array][:, i].mean()) for i in (1, 2)) == scores[f"test/{measure}_acc"]
+    assert items["elbo"].dtype == np.float64 and items["elbo"].shape == (n,)
+    assert float(items["elbo"].mean()) == scores["test/elbo"]
+    # each item's -ELBO is its reconstruction and KL terms as evaluate() computes them over the split
+    evaluated = task.evaluate(_LabelPainter(), Batches(data.test, 4), CPU)
+    assert scores["test/elbo"] == pytest.approx(evaluated["elbo"], rel=1e-9)
 
 
 def test_label_sweep_has_one_row_per_input_and_a_column_per_label(image_folder: Path, tmp_path: Path, one_thread):
@@ -344,11 +408,11 @@ def test_prior_rows_decode_a_z_from_the_prior_with_the_true_label(image_folder: 
         VAETask(compose_vae([*base, "task.prior_z_share=-1"]))
 
 
-def test_the_console_table_shows_the_judge_accuracy_beside_the_test_scores() -> None:
+def test_the_console_table_shows_the_judge_and_readers_accuracy_beside_the_test_scores() -> None:
     from s18exp.run import summary_metrics
 
-    summary = {"test/elbo": 104.0, "judge/test_acc": 0.995, "params": 12345, "best_val/elbo": 105.0, "status": "complete"}
-    assert summary_metrics(summary) == {"test/elbo": 104.0, "judge/test_acc": 0.995}
+    summary = {"test/elbo": 104.0, "judge/test_acc": 0.995, "panel/test_acc/resnet": 0.99, "params": 12345, "best_val/elbo": 105.0, "status": "complete"}
+    assert summary_metrics(summary) == {"test/elbo": 104.0, "judge/test_acc": 0.995, "panel/test_acc/resnet": 0.99}
 
 
 def test_guide_term_adds_the_guides_cross_entropies_to_the_elbo(image_folder: Path, tmp_path: Path, one_thread):
@@ -371,13 +435,13 @@ def test_guide_term_adds_the_guides_cross_entropies_to_the_elbo(image_folder: Pa
     z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
     with torch.no_grad():
         elbo = (task.likelihood(model.decode(z, labels), x) + gaussian_kl(mu, logvar)).mean()
-        on_real = F.cross_entropy(model.guide(x), labels)
-        on_drawn = F.cross_entropy(model.guide(torch.sigmoid(model.decode(z, given))), given)
+        on_real = F.cross_entropy(model.guides["judge"](x), labels)
+        on_drawn = F.cross_entropy(model.guides["judge"](torch.sigmoid(model.decode(z, given))), given)
     assert loss == pytest.approx((elbo + on_real + 7 * on_drawn).item(), rel=1e-5)
     assert on_drawn.item() > 0.1  # an untrained guide: the term is far from zero
 
     # weight 0 builds no guide at all; the plain ELBO then is the whole loss
-    assert VAETask(compose_vae([*base, "task.guide_weight=0"])).build_model().guide is None
+    assert VAETask(compose_vae([*base, "task.guide_weight=0"])).build_model().guides is None
     for bad in ("task.guide_weight=-1", "task.guide_weight=abc", "task.guide_weight=inf", "task.guide_blur=-2"):
         with pytest.raises(UserError, match=bad.split("=")[0] + "="):
             VAETask(compose_vae([*base, bad]))

@@ -134,6 +134,22 @@ def test_the_lr_range_test_method_has_no_output_of_its_own() -> None:
     assert own <= {"s18exp.data", "s18exp.errors", "s18exp.runtime", "s18exp.updates"}, sorted(own)
 
 
+def test_the_readers_share_no_training_code_with_what_the_vae_trains_against() -> None:
+    """The panel's readers (s18exp/readers/) learn apart from the VAE: they import neither the training loop and
+    its update step, nor the judge's training, nor the judge's or the guides' networks, nor the VAE itself (the
+    judge module's inference helper `classify` is the one name they may take from it)."""
+    walls = ("s18exp.loop", "s18exp.updates", "s18exp.judge_training", "s18exp.models.guides", "s18exp.models.vae", "s18exp.tasks")
+    readers = sorted((PACKAGE_DIR / "readers").glob("*.py"))
+    assert len(readers) >= 4
+    taken = set()
+    for path in readers:
+        imports = imported_modules(path, module_level_only=False)
+        offending = {name for name in imports if any(name == wall or name.startswith(f"{wall}.") for wall in walls)}
+        assert not offending, f"readers/{path.name} imports {sorted(offending)}"
+        taken |= {name for name in imports if name.startswith("s18exp.models.judge.")}
+    assert taken <= {"s18exp.models.judge.classify"}, sorted(taken)
+
+
 def test_import_graph_has_no_cycle() -> None:
     graph = import_graph()
     assert {"s18exp.loop", "s18exp.runtime", "s18exp.predict"} <= graph.keys()

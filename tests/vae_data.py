@@ -96,7 +96,7 @@ def compose_vae(overrides: list[str]):
 
 
 def tiny_overrides(data_root: Path, work: Path) -> list[str]:
-    """A tiny CPU VAE on the tiny image folder: 16x16 images, 4 channels, 1 epoch, judge of 1 epoch."""
+    """A tiny CPU VAE on the tiny image folder: 16x16 images, 4 channels, 1 epoch, judge and readers of 1 epoch."""
     return [
         "data=imagefolder",
         f"data.root={data_root}",
@@ -112,6 +112,12 @@ def tiny_overrides(data_root: Path, work: Path) -> list[str]:
         "trainer.progress=plain",
         "task.judge.width=4",
         "task.judge.epochs=1",
+        "task.panel.readers.resnet.width=4",
+        "task.panel.readers.resnet.epochs=1",
+        "task.panel.readers.mixer.width=8",
+        "task.panel.readers.mixer.epochs=1",
+        "task.panel.readers.wide.width=4",
+        "task.panel.readers.wide.epochs=1",
         "wandb.mode=offline",
         f"paths.cache_dir={work / 'cache'}",
     ]

@@ -36,6 +36,14 @@ def fingerprint(files: list[Path]) -> list[tuple[str, int, int]]:
     return stats
 
 
+def tensor_digest(*tensors: torch.Tensor) -> str:
+    """A SHA-256 of the tensors' contents (bytes in C order), for cache keys of things trained on them."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def cached(cache_dir: str | Path | None, description: dict[str, Any], build: Callable[[], dict]) -> dict:
     """Return `build()`, read from `cache_dir` when an entry for `description` exists, else built and saved.
     An entry that cannot be read (truncated, corrupt, not a tensor file) is removed and built again."""

@@ -22,7 +22,7 @@ from torch import nn
 
 from s18exp.blocks import DoubleConv, Down, Downsample, Upsample
 from s18exp.errors import UserError
-from s18exp.models.judge import build_judge
+from s18exp.models.guides import build_guides
 
 CONDITIONS = ("encoder", "decoder", "both")
 LOGVAR_RANGE = (-30.0, 20.0)  # clamped for numerical safety: exp() of these stays finite in bf16 and fp32
@@ -119,12 +119,13 @@ class LabelDecoder(_DecoderBody):
 
 class LabelVAE(nn.Module):
     """Conv VAE taking an image and its label; `forward` returns (logits, mu, logvar), and in training with
-    the guide two classifier verdicts more.
+    the guides their verdicts too.
 
     Level i of the encoder has `width * 2**i` channels; `depth` down steps bring `image_size` to
     `image_size / 2**depth`, flattened into the heads of mu and log-variance. The decoder mirrors it.
-    With `guide_width` > 0 and a decoder that takes the label, it also holds `guide`, a classifier of the
-    judge's architecture that only training uses (see `forward`).
+    With `guide_width` > 0 and a decoder that takes the label, it also holds `guides`, one classifier per
+    architecture that `guide_arches` names (s18exp/models/guides.py), which only training uses (see
+    `forward`), and `drawn_augment`, the random changes made to drawn images before the guides read them.
     """
 
     def __init__(
@@ -141,6 +142,8 @@ class LabelVAE(nn.Module):
         embed_dim: int = 16,
         label_every_level: bool = True,
         guide_width: int = 0,
+        guide_arches: tuple[str, ...] = ("judge",),
+        drawn_augment: nn.Module | None = None,
     ) -> None:
         super().__init__()
         check_condition(condition)
@@ -162,13 +165,15 @@ class LabelVAE(nn.Module):
             )
         else:
             self.decoder = Decoder(latent_dim, channels, size, in_channels, upsample)
-        # A classifier trained beside the VAE on real images, whose verdict on decoded images teaches the
-        # decoder to draw the given label's class legibly (VAETask's guide term). Only a decoder that sees the
-        # label can follow it, so `encoder` has none.
-        self.guide = (
-            build_judge(num_classes, in_channels, image_size, guide_width)
+        # Classifiers trained beside the VAE on real images, whose verdicts on decoded images teach the decoder
+        # to draw the given label's class legibly (VAETask's guide term). Only a decoder that sees the label can
+        # follow them, so `encoder` has none.
+        self.guides = (
+            build_guides(list(guide_arches), num_classes, in_channels, image_size, guide_width)
             if guide_width and self.decoder_sees_label else None
         )
+        self.drawn_augment = drawn_augment if drawn_augment is not None else nn.Identity()
+        self.register_load_state_dict_pre_hook(_one_guide_is_the_judge_guide)
 
     @property
     def decoder_sees_label(self) -> bool:
@@ -190,27 +195,39 @@ class LabelVAE(nn.Module):
         where given, else `labels` too. Rows where the boolean `from_prior` holds decode a z drawn from the
         prior N(0, I) instead of q(z|x, y) (both are training devices of VAETask).
 
-        With `guide_labels` (and a guide), two more: the guide's logits for `guide_inputs` (the real images
-        it learns from) and its logits for the decoder's mean images of the same z decoded with
-        `guide_labels`. That second pass sends gradients to the decoder only: z is detached and the guide is
-        applied with detached weights, so the guide never learns to read what the decoder draws."""
+        With `guide_labels` (and guides), two more, each stacked over the guides (G, N, num_classes): the
+        guides' logits for `guide_inputs` (the real images they learn from) and their logits for the decoder's
+        mean images of the same z decoded with `guide_labels`, changed by `drawn_augment` first. That second
+        pass sends gradients to the decoder only: z is detached and the guides are applied with detached
+        weights, so they never learn to read what the decoder draws."""
         mu, logvar = self.encode(x, labels if encoder_labels is None else encoder_labels)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
         if from_prior is not None:
             z = torch.where(from_prior[:, None], torch.randn_like(z), z)
         logits = self.decode(z, labels)
-        if guide_labels is None or self.guide is None:
+        if guide_labels is None or self.guides is None:
             return logits, mu, logvar
-        drawn = torch.sigmoid(self.decode(z.detach(), guide_labels))
-        frozen = {name: p.detach() for name, p in self.guide.named_parameters()}
-        verdict = torch.func.functional_call(self.guide, frozen, (drawn,))
-        return logits, mu, logvar, self.guide(guide_inputs), verdict
+        drawn = self.drawn_augment(torch.sigmoid(self.decode(z.detach(), guide_labels)))
+        on_real, on_drawn = [], []
+        for guide in self.guides.values():
+            frozen = {name: p.detach() for name, p in guide.named_parameters()}
+            on_drawn.append(torch.func.functional_call(guide, frozen, (drawn,)))
+            on_real.append(guide(guide_inputs))
+        return logits, mu, logvar, torch.stack(on_real), torch.stack(on_drawn)
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The decoder's mean image in [0, 1] for z = mu (no sampling): what the pictures and generate show."""
         mu, _ = self.encode(x, labels)
         return torch.sigmoid(self.decode(mu, labels).float())
+
+
+def _one_guide_is_the_judge_guide(module: nn.Module, state_dict: dict, prefix: str, *_: object) -> None:
+    """Checkpoints written before guides came in several architectures hold their one guide, of the judge's
+    architecture, under `guide.`: it loads as `guides.judge.`."""
+    old = prefix + "guide."
+    for key in [key for key in state_dict if key.startswith(old)]:
+        state_dict[prefix + "guides.judge." + key[len(old):]] = state_dict.pop(key)
 
 
 # ---- the ELBO: per-image terms in nats, summed over pixels and latent dimensions -----------------------

@@ -3,21 +3,28 @@
 Metrics, in nats per image over a whole split: `elbo` (the negative ELBO, recon + kl, lower is better;
 `task.beta` weighs the KL in the training loss only), `recon` (-log p(x|z) for one z drawn from q(z|x, y))
 and `kl`. At the end, `finalize` draws the pictures (wrong_labels.png, label_sweep.png,
-reconstructions.png, samples.png) and scores the whole test split with the judge classifier:
+reconstructions.png, samples.png), has the whole test split's outputs read by the panel of independent
+readers (s18exp/readers/) and by the judge, and writes each item's outcome to test_items.npz:
 
 - `test/label_follow_acc`: each test image fed with a wrong label; the share of outputs read as that label;
 - `test/input_keep_acc`: the share of those outputs read as the input's true label instead;
-- `test/recon_judge_acc`: each test image fed with its TRUE label; the share of reconstructions read as it.
+- `test/recon_read_acc`: each test image fed with its TRUE label; the share of reconstructions read as it.
   A ceiling for label follow set by how legible the decoder's outputs are at all;
 - `test/sample_follow_acc`: z ~ N(0, I) decoded with label k, as many samples as test images, the labels
   cycling through the classes; the share read as k. The ceiling of the label alone, with no input to keep.
+
+Each is the panel's minimum over its readers, with their mean and each reader's beside it, and the judge's
+own reading under `judge/` (s18exp/tasks/vae_scores.py).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 import torch
 from hydra.utils import get_class
@@ -25,17 +32,21 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image, ImageDraw
 from torch import nn
 
+from s18exp import test_items
 from s18exp.data import Batches, TensorSplit
 from s18exp.errors import UserError, instantiate
 from s18exp.atomic_files import atomic_save_image
-from s18exp.distributed import all_reduce_sum
+from s18exp.distributed import Dist, all_reduce_sum
 from s18exp.runtime import Runtime, unwrap
 from s18exp.judge_training import blur_half, judge_for
 from s18exp.losses import cross_entropy
+from s18exp.models.guides import DrawnAugment
 from s18exp.models.judge import classify
 from s18exp.models.vae import BernoulliLikelihood, GaussianLikelihood, check_condition, gaussian_kl
+from s18exp.readers.panel import checked_readers, panel_for
+from s18exp.tasks.vae_scores import JUDGE, item_outcomes, scores_from_items
 from s18exp.pictures import LEGEND_HEIGHT, TITLE_HEIGHT, captioned_grid, font, side_by_side, titled, to_pil
-from s18exp.report.spec import Column, Curve, CurvePanel, TaskSpec
+from s18exp.report.spec import Column, Curve, CurvePanel, ItemMetric, TaskSpec
 from s18exp.tasks import TestResult
 from s18exp.tracking import Tracker
 
@@ -152,6 +163,13 @@ class VAETask:
         self.encoder_label_noise = noise if cfg.model.condition == "both" else 0.0
         self.guide_weight = non_negative(cfg, "task.guide_weight", "task.guide_weight=200")
         self.guide_blur = non_negative(cfg, "task.guide_blur", "task.guide_blur=2")
+        # Configs of checkpoints from before guide ensembles, drawn-image augmentation and the panel lack
+        # these keys: one guide of the judge's architecture, no augmentation, no panel to score with.
+        self.guide_arches = list(OmegaConf.select(cfg, "task.guides", default=None) or ["judge"])
+        augment = OmegaConf.select(cfg, "task.guide_augment", default=None)
+        self.drawn_augment = DrawnAugment(**(OmegaConf.to_container(augment) if augment is not None else {}))
+        readers = OmegaConf.select(cfg, "task.panel.readers", default=None)
+        self.panel_readers = checked_readers(OmegaConf.to_container(readers, resolve=True)) if readers is not None else None
 
     @property
     def num_classes(self) -> int:
@@ -170,8 +188,10 @@ class VAETask:
             image_size=self.cfg.data.image_size,
             downsample=instantiate(self.cfg.encoder.downsample),
             upsample=instantiate(self.cfg.decoder.upsample),
-            # the guide classifier exists only when its term is on: no unused weights otherwise
+            # the guide classifiers exist only when their term is on: no unused weights otherwise
             guide_width=self.cfg.model.get("guide_width", 0) if self.guide_weight > 0 else 0,
+            guide_arches=self.guide_arches,
+            drawn_augment=self.drawn_augment if self.drawn_augment.active else None,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -192,8 +212,9 @@ class VAETask:
         return torch.zeros(1, int(self.cfg.model.in_channels), image_size, image_size), torch.zeros(1, dtype=torch.long)
 
     def report_spec(self) -> TaskSpec:
-        """The report's section of VAE runs: the ELBO's terms, the judge's wrong-label scores, and
-        wrong_labels.png side by side."""
+        """The report's section of VAE runs: the ELBO's terms, the wrong-label scores of the panel (its minimum,
+        mean and each reader's) beside the judge's, and wrong_labels.png side by side."""
+        panel = list(self.panel_readers or {})
         return TaskSpec(
             name=self.name,
             title="Label-conditioned VAE",
@@ -203,16 +224,30 @@ class VAETask:
                 Column("test/elbo", "test -ELBO (nats)", "min"),
                 Column("test/recon", "recon (nats)", "min"),
                 Column("test/kl", "KL (nats)", None),
-                Column("test/label_follow_acc", "label follow", "max"),
-                Column("test/input_keep_acc", "input keep", None),
+                Column("test/label_follow_acc", "label follow (panel min)", "max"),
+                Column("test/label_follow_mean", "label follow (panel mean)", "max"),
+                *(Column(f"test/label_follow/{name}", f"label follow ({name})", None) for name in panel),
+                Column("judge/label_follow_acc", "label follow (judge)", None),
+                Column("test/input_keep_acc", "input keep (panel min)", None),
+                Column("test/recon_read_acc", "recon read right (panel min)", "max"),
+                Column("test/sample_follow_acc", "samples follow (panel min)", "max"),
                 Column("judge/test_acc", "judge acc", None),
             ),
             curve_panels=(
                 CurvePanel("train loss (solid), val negative ELBO (dashed)", (Curve("train/loss", "train", "-"), Curve("val/elbo", "val", "--"))),
                 CurvePanel("validation recon (solid) and KL (dashed), nats; log scale", (Curve("val/recon", "recon", "-"), Curve("val/kl", "KL", "--")), log_y=True),
             ),
-            bars_title="wrong-label scores (judge classifier)",
-            bar_keys=(("test/label_follow_acc", "label follow"), ("test/input_keep_acc", "input keep")),
+            bars_title="wrong-label scores (panel minimum, judge)",
+            bar_keys=(
+                ("test/label_follow_acc", "label follow (panel min)"),
+                ("judge/label_follow_acc", "label follow (judge)"),
+                ("test/input_keep_acc", "input keep (panel min)"),
+            ),
+            item_metrics=(
+                *((ItemMetric("test/label_follow_acc", "label follow (panel min)", "max", "min_mean", "follow", tuple(panel), "readers"),) if panel else ()),
+                ItemMetric("judge/label_follow_acc", "label follow (judge)", "max", "mean", "follow", (JUDGE,), "readers"),
+                ItemMetric("test/elbo", "test -ELBO (nats)", "min", "mean", "elbo"),
+            ),
             picture=FILES["wrong_labels"],
             picture_columns=2,  # input grid | output grid (wrong_labels_figure)
             picture_shared=1,
@@ -220,12 +255,15 @@ class VAETask:
             wandb_lines=(("train loss and validation -ELBO", ("train/loss", "val/elbo")), ("validation recon and KL", ("val/recon", "val/kl"))),
             wandb_bars=(
                 ("test -ELBO", ("test/elbo",)),
-                ("wrong-label scores", ("test/label_follow_acc", "test/input_keep_acc", "judge/test_acc")),
+                ("wrong-label scores", ("test/label_follow_acc", "test/label_follow_mean", "judge/label_follow_acc", "test/input_keep_acc")),
+                ("label follow by reader", tuple(f"test/label_follow/{name}" for name in panel) + ("judge/label_follow_acc",)),
             ),
             wandb_media=(MEDIA["wrong_labels"], MEDIA["reconstructions"], MEDIA["samples"]),
             notes=(
-                "label follow: share of wrong-label outputs that the judge classifies as the GIVEN label; "
-                "input keep: share it classifies as the input's TRUE label (not ranked: a diagnostic).",
+                "label follow: share of wrong-label outputs read as the GIVEN label; input keep: share read as the "
+                "input's TRUE label (not ranked: a diagnostic). 'panel min' is the lowest reading among the independent "
+                f"readers ({', '.join(panel) or 'none'}), 'panel mean' their mean; the judge shares its architecture "
+                "with the guide that the VAE may train against, so its reading is shown for comparison only.",
             ),
             settings=(
                 ("data", "data.name"), ("image size", "data.image_size"), ("epochs", "trainer.max_epochs"),
@@ -270,27 +308,31 @@ class VAETask:
         at the images' own size (config validation refuses a `trainer.size_schedule` for the VAE, so the loop's
         `size` is always that size);
         the rows of `prior_rows` are decoded from a prior z (their reconstruction term then teaches the decoder
-        to draw the label's class from any z). With the guide on (`task.guide_weight` > 0), plus the guide's
-        cross-entropy on the real images (half blurred) and `guide_weight` x its cross-entropy on each z decoded
-        under a random wrong label, against that label (docs/vae.md, "The guide term")."""
+        to draw the label's class from any z). With the guides on (`task.guide_weight` > 0), plus each guide's
+        cross-entropy on the real images (half blurred) and `guide_weight` x the guides' mean cross-entropy on
+        each z decoded under a random wrong label, against that label (docs/vae.md, "The guide term")."""
         x = self.to_input(images)
         encoder_labels, prior_rows = self.encoder_labels(labels), self.prior_rows(len(x), x.device)
         guide_term = 0.0
-        if getattr(unwrap(model), "guide", None) is None:  # build_model makes one only when guide_weight > 0
+        if getattr(unwrap(model), "guides", None) is None:  # build_model makes them only when guide_weight > 0
             logits, mu, logvar = model(x, labels, encoder_labels, prior_rows)
         else:
             given = other_labels(labels, self.num_classes, None)
             seen = blur_half(x, self.guide_blur, None)
             logits, mu, logvar, on_real, on_drawn = model(x, labels, encoder_labels, prior_rows, seen, given)
-            guide_term = cross_entropy(on_real, labels) + self.guide_weight * cross_entropy(on_drawn, given)
+            guides = len(on_real)
+            on_real_ce = guides * cross_entropy(on_real.flatten(0, 1), labels.repeat(guides))  # each guide's own
+            on_drawn_ce = cross_entropy(on_drawn.flatten(0, 1), given.repeat(guides))  # the guides' mean
+            guide_term = on_real_ce + self.guide_weight * on_drawn_ce
         return (self.likelihood(logits, x) + self.beta_at(progress) * gaussian_kl(mu, logvar)).mean() + guide_term
 
     @torch.no_grad()
-    def evaluate(self, model: nn.Module, batches: Batches, runtime: Runtime) -> dict[str, float]:
-        """Negative ELBO (beta = 1), reconstruction and KL terms in nats per image over the whole split."""
+    def item_terms(self, model: nn.Module, batches: Batches, runtime: Runtime) -> torch.Tensor:
+        """(N, 2) float64 on the CPU: each item's reconstruction and KL terms in nats, for every item of the
+        split (the items of other ranks are summed in from them)."""
         model = unwrap(model)
         model.eval()
-        sums = torch.zeros(2, dtype=torch.float64, device=runtime.device)
+        terms = torch.zeros(len(batches.split), 2, dtype=torch.float64, device=runtime.device)
         # One row of noise per item of the split, picked by the item's index: every item gets the same z
         # whatever the batch size and however many ranks share the split.
         noise_by_item = torch.randn(len(batches.split), model.latent_dim, generator=torch.Generator().manual_seed(EVAL_SEED))
@@ -302,13 +344,18 @@ class VAETask:
                 mu, logvar = mu.float(), logvar.float()
                 noise = noise_by_item[index].to(mu.device)
                 logits = model.decode(mu + noise * (0.5 * logvar).exp(), labels)
-            recon, kl = self.likelihood(logits, x), gaussian_kl(mu, logvar)
-            sums += torch.stack([recon.sum(), kl.sum()]).double()
-        recon, kl = (all_reduce_sum(sums, runtime.dist) / max(len(batches.split), 1)).tolist()
+            terms[index.to(terms.device)] = torch.stack([self.likelihood(logits, x), gaussian_kl(mu, logvar)], dim=1).double()
+        return all_reduce_sum(terms, runtime.dist).cpu()
+
+    def evaluate(self, model: nn.Module, batches: Batches, runtime: Runtime) -> dict[str, float]:
+        """Negative ELBO (beta = 1), reconstruction and KL terms in nats per image over the whole split."""
+        recon, kl = (self.item_terms(model, batches, runtime).sum(dim=0) / max(len(batches.split), 1)).tolist()
         return {"elbo": recon + kl, "recon": recon, "kl": kl}
 
     def test(self, model: nn.Module, batches: Batches, runtime: Runtime) -> TestResult:
-        """The test split scored as validation scores a split (`evaluate`); the judge's scores come from `finalize`."""
+        """The test split scored as validation scores a split (`evaluate`); the readers' scores come from
+        `finalize`, which also replaces these three by the means of its per-item terms (the same values, summed
+        in another order)."""
         return TestResult(self.evaluate(model, batches, runtime))
 
     @torch.no_grad()
@@ -355,13 +402,9 @@ class VAETask:
         scale = max(1, round(TILE_PIXELS / max(picture.size)))
         return picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
 
-    def wrong_labels_figure(self, model: nn.Module, test: TensorSplit, given_all: torch.Tensor, runtime: Runtime) -> Image.Image:
-        """Two 5-column grids side by side: chosen test inputs captioned with their true class, and their outputs
-        given the wrong labels `given_all`, captioned `<true> → <given>`."""
-        chosen = spanning_selection(test.targets, WRONG_LABEL_TILES, PICTURE_SEED)
-        index = torch.as_tensor(chosen, dtype=torch.long)
-        inputs, true, given = test.images[index], test.targets[index], given_all[index]
-        outputs = self.outputs(model, inputs, given, runtime)
+    def wrong_labels_figure(self, inputs: torch.Tensor, outputs: torch.Tensor, true: torch.Tensor, given: torch.Tensor) -> Image.Image:
+        """Two 5-column grids side by side: the inputs captioned with their true class, and the outputs
+        captioned `<true> → <given>`."""
         names = self.class_names
         rows = [list(range(i, min(i + WRONG_LABEL_COLUMNS, len(inputs)))) for i in range(0, len(inputs), WRONG_LABEL_COLUMNS)]
         blank = Image.new("RGB", self._tile(inputs[0]).size, "white")
@@ -388,97 +431,127 @@ class VAETask:
         grid = captioned_grid(tiles, titles, captions, caption_height=CAPTION_HEIGHT)
         return titled(grid, f"{self.cfg.run_name}: each row: one test input (left), then the decoder's output for z = mu under each label (columns)")
 
-    def judge_train_split(self, data: Any, limit: int | None) -> TensorSplit:
-        """The judge's training images: the dataset's whole training split (or a seeded `limit` of it), whatever
-        `data.limit_train` the VAE used, so that one judge serves every run of a dataset and size."""
+    def classifier_train_split(self, data: Any, limit: int | None) -> TensorSplit:
+        """The training images of the judge and of the readers: the dataset's whole training split (or a seeded
+        `limit` of it), whatever `data.limit_train` the VAE used, so that they serve every run of a dataset and size."""
         if self.cfg.data.limit_train == limit:
             return data.train
         return self.build_data(limit_train=limit, limit_val=1, limit_test=1).train
 
-    def finalize(
-        self, model: nn.Module, data: Any, runtime: Runtime, run_dir: Path, tracker: Tracker, scores: dict[str, float] | None = None
-    ) -> dict[str, Any]:
-        """The judge's scores of the wrong-label outputs of the whole test split, then wrong_labels.png (under a
-        title with the run's name and its label follow, whose height its PNG records for the report),
-        label_sweep.png, reconstructions.png and samples.png. Returns the entries it adds to summary.json. The
-        test split's `scores` are not needed: the VAE's headline, label follow, is the judge's, computed here."""
-        test: TensorSplit = data.test
-        given_all = other_labels(test.targets, self.num_classes, torch.Generator().manual_seed(PICTURE_SEED))
-        judged = self.judge_scores(model, data, runtime, given_all)
-        run = self.cfg.run_name
-        figure = self.wrong_labels_figure(model, test, given_all, runtime)
-        framed = titled(figure, f"{run}: label follow {judged['test/label_follow_acc']:.3f} (the judge's reading of all {len(test)} test outputs)")
-        atomic_save_image(framed, run_dir / FILES["wrong_labels"], text={TITLE_HEIGHT: str(framed.height - figure.height), LEGEND_HEIGHT: "0"})
-        pictures = {"label_sweep": self.label_sweep_picture(model, test, runtime), **self.reconstruction_and_samples(model, test, runtime)}
-        for key, picture in pictures.items():
-            atomic_save_image(picture, run_dir / FILES[key])
-        tracker.log(
-            {
-                **judged,
-                MEDIA["wrong_labels"]: tracker.image(framed, caption="input | output given a wrong label"),
-                MEDIA["label_sweep"]: tracker.image(pictures["label_sweep"], caption="rows: test inputs; columns: the input, then its output under each label"),
-                MEDIA["reconstructions"]: tracker.image(pictures["reconstructions"]),
-                MEDIA["samples"]: tracker.image(pictures["samples"], caption="z ~ N(0, I), one row per class"),
-            }
-        )
-        return judged
-
-    def judge_scores(self, model: nn.Module, data: Any, runtime: Runtime, given_all: torch.Tensor) -> dict[str, float]:
-        """What the judge reads: the real test images, the outputs given the wrong labels `given_all`, the
-        reconstructions with the true labels, and one sample per test image."""
-        test: TensorSplit = data.test
-        settings = OmegaConf.to_container(self.cfg.task.judge, resolve=True)
-        cache_dir = self.cfg.paths.cache_dir if settings.pop("cache", True) else None
-        judge = judge_for(
-            self.judge_train_split(data, settings.pop("limit_train", None)), self.cfg.data.name, self.class_names,
-            settings, runtime, cache_dir, self.cfg.trainer.progress,
-        )
-        judged_real = classify(judge, test.images, runtime)
-        judged_wrong = classify(judge, self.outputs(model, test.images, given_all, runtime), runtime)
-        judged_recon = classify(judge, self.outputs(model, test.images, test.targets, runtime), runtime)
-        sample_labels = torch.arange(len(test)) % self.num_classes
-        judged_samples = classify(judge, self.samples_for(model, sample_labels, runtime), runtime)
-        return {
-            "judge/test_acc": float((judged_real == test.targets).double().mean()),
-            "test/label_follow_acc": float((judged_wrong == given_all).double().mean()),
-            "test/input_keep_acc": float((judged_wrong == test.targets).double().mean()),
-            "test/recon_judge_acc": float((judged_recon == test.targets).double().mean()),
-            "test/sample_follow_acc": float((judged_samples == sample_labels).double().mean()),
-        }
-
-    def label_sweep_picture(self, model: nn.Module, test: TensorSplit, runtime: Runtime) -> Image.Image:
-        """label_sweep.png: a few test inputs, each under every label."""
+    def draw_pictures(
+        self, model: nn.Module, test: TensorSplit, given_all: torch.Tensor, runtime: Runtime, run_dir: Path, label_follow: float
+    ) -> dict[str, Image.Image]:
+        """wrong_labels.png (under a title with the run's name and its headline `label_follow`, whose height its PNG
+        records for the report), label_sweep.png, reconstructions.png and samples.png in `run_dir`; returns them."""
         chosen = spanning_selection(test.targets, WRONG_LABEL_TILES, PICTURE_SEED)
+        index = torch.as_tensor(chosen, dtype=torch.long)
+        inputs, true, given = test.images[index], test.targets[index], given_all[index]
+        figure = self.wrong_labels_figure(inputs, self.outputs(model, inputs, given, runtime), true, given)
+        framed = titled(
+            figure, f"{self.cfg.run_name}: label follow {label_follow:.3f} (the lowest reading of the independent readers, all {len(test)} test outputs)"
+        )
+        figures = {"wrong_labels": framed}
+
         rows = torch.as_tensor(chosen[: min(SWEEP_ROWS, self.num_classes)], dtype=torch.long)
         sweep_labels = list(range(min(self.num_classes, MAX_PICTURE_CLASSES)))
         sweep_outputs = [
             self.outputs(model, test.images[rows], torch.full((len(rows),), k, dtype=torch.long), runtime) for k in sweep_labels
         ]
-        return self.label_sweep_figure(test.images[rows], test.targets[rows], sweep_outputs, sweep_labels)
+        figures["label_sweep"] = self.label_sweep_figure(test.images[rows], test.targets[rows], sweep_outputs, sweep_labels)
 
-    def reconstruction_and_samples(self, model: nn.Module, test: TensorSplit, runtime: Runtime) -> dict[str, Image.Image]:
-        """reconstructions.png (one test image per class and its reconstruction) and samples.png (samples of
-        each label), each titled with the run's name."""
-        run = self.cfg.run_name
-        shown = spanning_selection(test.targets, WRONG_LABEL_TILES, PICTURE_SEED)[: min(self.num_classes, MAX_PICTURE_CLASSES)]
+        shown = chosen[: min(self.num_classes, MAX_PICTURE_CLASSES)]
         index = torch.as_tensor(shown, dtype=torch.long)
         recon = self.outputs(model, test.images[index], test.targets[index], runtime)
-        recon_figure = titled(
+        figures["reconstructions"] = titled(
             captioned_grid(
                 [[self._tile(test.images[i]) for i in shown], [self._tile(r) for r in recon]],
                 captions=[[self.class_names[test.targets[i]] for i in shown], ["reconstruction"] + [""] * (len(shown) - 1)],
                 caption_height=CAPTION_HEIGHT,
             ),
-            f"{run}: top row: one test image per class; bottom row: its reconstruction with its true label",
+            f"{self.cfg.run_name}: top row: one test image per class; bottom row: its reconstruction with its true label",
         )
+
         classes = list(range(min(self.num_classes, MAX_PICTURE_CLASSES)))
         drawn = self.samples(model, classes, runtime)
-        sample_figure = titled(
+        figures["samples"] = titled(
             captioned_grid(
                 [[self._tile(drawn[r * SAMPLES_PER_CLASS + k]) for k in range(SAMPLES_PER_CLASS)] for r in range(len(classes))],
                 captions=[[self.class_names[c]] + [""] * (SAMPLES_PER_CLASS - 1) for c in classes],
                 caption_height=CAPTION_HEIGHT,
             ),
-            f"{run}: each row: one label; each column: one z ~ N(0, I), the same in every row, decoded with the row's label",
+            f"{self.cfg.run_name}: each row: one label; each column: one z ~ N(0, I), the same in every row, decoded with the row's label",
         )
-        return {"reconstructions": recon_figure, "samples": sample_figure}
+        bands = {TITLE_HEIGHT: str(framed.height - figure.height), LEGEND_HEIGHT: "0"}
+        for picture, drawn_figure in figures.items():
+            atomic_save_image(drawn_figure, run_dir / FILES[picture], text=bands if picture == "wrong_labels" else None)
+        return figures
+
+    def readers(self, data: Any, runtime: Runtime) -> tuple[dict[str, nn.Module], dict[str, float]]:
+        """The judge, then the panel's readers, each trained on the dataset's training split or read from the
+        cache; and the training seconds that the readers' cache entries recorded."""
+        if self.panel_readers is None:
+            raise UserError("this run's config has no task.panel; the VAE's scores need its readers (see conf/task/vae.yaml)")
+        progress = self.cfg.trainer.progress
+        settings = OmegaConf.to_container(self.cfg.task.judge, resolve=True)
+        cache_dir = self.cfg.paths.cache_dir if settings.pop("cache", True) else None
+        judge_limit, panel_limit = settings.pop("limit_train", None), self.cfg.task.panel.limit_train
+        judge_train = self.classifier_train_split(data, judge_limit)
+        judge = judge_for(judge_train, self.cfg.data.name, self.class_names, settings, runtime, cache_dir, progress)
+        panel = panel_for(
+            judge_train if panel_limit == judge_limit else self.classifier_train_split(data, panel_limit), data.test,
+            self.cfg.data.name, self.class_names, self.panel_readers, runtime,
+            self.cfg.paths.cache_dir if self.cfg.task.panel.cache else None, progress,
+        )
+        networks = {JUDGE: judge, **{reader.name: reader.network for reader in panel}}
+        return networks, {f"panel/train_seconds/{reader.name}": reader.train_seconds for reader in panel}
+
+    def finalize(
+        self, model: nn.Module, data: Any, runtime: Runtime, run_dir: Path, tracker: Tracker, scores: dict[str, float] | None = None
+    ) -> dict[str, Any]:
+        """The outputs of the whole test split read by the judge and the panel's readers: each item's outcome in
+        test_items.npz, and the scores (computed from those very arrays) that it adds to summary.json, with
+        test/elbo, test/recon and test/kl as the means of its per-item terms; then the four pictures. The test
+        split's `scores` are not needed: these replace them."""
+        test: TensorSplit = data.test
+        given_all = other_labels(test.targets, self.num_classes, torch.Generator().manual_seed(PICTURE_SEED))
+        scores = self.read_outputs(model, data, runtime, run_dir, given_all)
+        figures = self.draw_pictures(model, test, given_all, runtime, run_dir, scores["test/label_follow_acc"])
+        captions = {
+            "wrong_labels": "input | output given a wrong label",
+            "label_sweep": "rows: test inputs; columns: the input, then its output under each label",
+            "samples": "z ~ N(0, I), one row per class",
+        }
+        tracker.log({**scores, **{MEDIA[k]: tracker.image(figure, caption=captions.get(k)) for k, figure in figures.items()}})
+        return scores
+
+    def read_outputs(self, model: nn.Module, data: Any, runtime: Runtime, run_dir: Path, given_all: torch.Tensor) -> dict[str, float]:
+        """The judge and the readers read the real test images, the outputs given the wrong labels `given_all`,
+        the reconstructions and one sample per test image; test_items.npz gets each item's outcome, and the
+        scores come from it."""
+        test: TensorSplit = data.test
+        networks, recorded = self.readers(data, runtime)
+        sample_labels = torch.arange(len(test)) % self.num_classes
+        shown = {
+            "real": test.images,
+            "wrong": self.outputs(model, test.images, given_all, runtime),
+            "recon": self.outputs(model, test.images, test.targets, runtime),
+            "samples": self.samples_for(model, sample_labels, runtime),
+        }
+        read = {name: {kind: classify(network, images, runtime) for kind, images in shown.items()} for name, network in networks.items()}
+        # Only this rank scores here: every item of the test split, with no other rank to sum in.
+        terms = self.item_terms(model, Batches(test, int(self.cfg.trainer.eval_batch_size)), replace(runtime, dist=Dist()))
+        items = item_outcomes(
+            {name: r["wrong"] for name, r in read.items()}, {name: r["recon"] for name, r in read.items()},
+            test.targets, given_all, terms.sum(dim=1).numpy(),
+        )
+        test_items.save(run_dir / test_items.TEST_ITEMS, items)
+        real_acc = {name: float((r["real"] == test.targets).double().mean()) for name, r in read.items()}
+        return {
+            "test/elbo": float(np.mean(items["elbo"])),
+            "test/recon": float(np.mean(terms[:, 0].numpy())),
+            "test/kl": float(np.mean(terms[:, 1].numpy())),
+            **scores_from_items(items, {name: (r["samples"] == sample_labels).numpy() for name, r in read.items()}),
+            "judge/test_acc": real_acc[JUDGE],
+            **{f"panel/test_acc/{name}": acc for name, acc in real_acc.items() if name != JUDGE},
+            **recorded,
+        }
