@@ -263,3 +263,21 @@ def test_guide_verdicts_on_augmented_drawn_images_teach_the_decoder_only(arches:
     assert all(p.grad is None or not p.grad.any() for p in model.decoder.parameters())
     # without guide labels the model returns the plain triple, and draws nothing to augment
     assert len(model(x, labels)) == 3 and len(recorder.seen) == 2
+
+
+def test_the_wrong_label_pass_leaves_the_decoders_running_statistics_alone():
+    """In training, the decoder's BatchNorm running statistics after a guided step are those of the
+    reconstruction pass alone (the same step without the guides, same seed), while the wrong-label pass still
+    normalises by its own batch: its drawn images differ from what the running statistics would give."""
+    guided, plain = make_guided("both").train(), make_guided("both").train()
+    x, labels, given = torch.rand(6, 1, 32, 32), torch.tensor([0, 1, 2, 3, 4, 5]), torch.tensor([5, 6, 7, 8, 9, 0])
+    before = {k: v.clone() for k, v in plain.decoder.state_dict().items() if "running" in k or "num_batches" in k}
+    torch.manual_seed(3)
+    guided(x, labels, guide_inputs=x, guide_labels=given)
+    torch.manual_seed(3)
+    plain(x, labels)
+    after_guided, after_plain = guided.decoder.state_dict(), plain.decoder.state_dict()
+    assert before and any(not torch.equal(before[k], after_plain[k]) for k in before)  # the reconstruction pass did update them
+    for key in before:
+        assert torch.equal(after_guided[key], after_plain[key]), key
+    assert all(m.track_running_stats for m in guided.decoder.modules() if isinstance(m, nn.BatchNorm2d))

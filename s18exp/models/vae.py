@@ -15,6 +15,8 @@ The decoder outputs per-pixel logits; its mean image is `sigmoid(logits)` for bo
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -199,7 +201,9 @@ class LabelVAE(nn.Module):
         guides' logits for `guide_inputs` (the real images they learn from) and their logits for the decoder's
         mean images of the same z decoded with `guide_labels`, changed by `drawn_augment` first. That second
         pass sends gradients to the decoder only: z is detached and the guides are applied with detached
-        weights, so they never learn to read what the decoder draws."""
+        weights, so they never learn to read what the decoder draws. That pass normalises by its own batch's
+        statistics but leaves the decoder's BatchNorm running statistics alone: evaluation, the pictures and
+        `generate` then normalise with statistics of the images the ELBO trained on, whatever the guide does."""
         mu, logvar = self.encode(x, labels if encoder_labels is None else encoder_labels)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
         if from_prior is not None:
@@ -207,7 +211,8 @@ class LabelVAE(nn.Module):
         logits = self.decode(z, labels)
         if guide_labels is None or self.guides is None:
             return logits, mu, logvar
-        drawn = self.drawn_augment(torch.sigmoid(self.decode(z.detach(), guide_labels)))
+        with running_statistics_kept(self.decoder):
+            drawn = self.drawn_augment(torch.sigmoid(self.decode(z.detach(), guide_labels)))
         on_real, on_drawn = [], []
         for guide in self.guides.values():
             frozen = {name: p.detach() for name, p in guide.named_parameters()}
@@ -220,6 +225,20 @@ class LabelVAE(nn.Module):
         """The decoder's mean image in [0, 1] for z = mu (no sampling): what the pictures and generate show."""
         mu, _ = self.encode(x, labels)
         return torch.sigmoid(self.decode(mu, labels).float())
+
+
+@contextmanager
+def running_statistics_kept(module: nn.Module) -> Iterator[None]:
+    """Within it, `module`'s BatchNorm layers in training mode normalise by the batch's statistics without
+    updating their running ones (nor their count of batches)."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for norm in norms:
+        norm.track_running_stats = False
+    try:
+        yield
+    finally:
+        for norm in norms:
+            norm.track_running_stats = True
 
 
 def _one_guide_is_the_judge_guide(module: nn.Module, state_dict: dict, prefix: str, *_: object) -> None:
