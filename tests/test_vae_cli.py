@@ -158,3 +158,22 @@ def test_real_mnist_condition_both_follows_the_given_label(tmp_path: Path, one_t
     assert min(scores[f"panel/test_acc/{name}"] for name in ("resnet", "mixer", "wide")) >= 0.5, scores  # measured: 0.63 to 0.96
     assert scores["judge/label_follow_acc"] >= 0.5, scores
     assert scores["test/label_follow_acc"] >= 0.5, scores
+
+
+@pytest.mark.slow
+def test_the_reports_item_metrics_recompute_the_summary_from_test_items(trained_run: Path, image_folder: Path, tmp_path: Path):
+    """What the report resamples (the task's item metrics over test_items.npz) gives, over all the items, exactly
+    the summary's label follow of the panel (its minimum), of the judge, and the -ELBO."""
+    from s18exp import test_items
+    from s18exp.report.stats import features, whole_split
+
+    spec = VAETask(compose_vae([*tiny_overrides(image_folder, tmp_path), "model.condition=both"])).report_spec()
+    summary = json.loads((trained_run / "summary.json").read_text())
+    arrays = test_items.load(trained_run / test_items.TEST_ITEMS)
+    keys = [metric.key for metric in spec.item_metrics]
+    assert keys == ["test/label_follow_acc", "judge/label_follow_acc", "test/elbo"]
+    assert spec.item_metrics[0].columns == ("resnet", "mixer", "wide")
+    for metric in spec.item_metrics:
+        assert whole_split(metric.stat, features(metric, arrays)) == pytest.approx(summary[metric.key], rel=1e-12, abs=1e-12), metric.key
+    follow = arrays["follow"]
+    assert summary["test/label_follow_acc"] == pytest.approx(min(follow[:, i].mean() for i in (1, 2, 3)))
