@@ -10,14 +10,10 @@ from omegaconf import DictConfig, OmegaConf
 from s18exp.augment import check_crop_size
 from s18exp.blocks import CONV_BLOCKS
 from s18exp.errors import UserError
-from s18exp.lr_find.range_test import RULES
+from s18exp.options import AUTO, LR_FIND_RULES, TEST_WEIGHTS, WANDB_MODES
 from s18exp.paths import CONFIG_DIR
 from s18exp.runtime import PRECISIONS
 from s18exp.size_schedule import check_size_schedule
-from s18exp.tracking import MODES
-
-AUTO = "auto"  # the value of trainer.lr that asks for an LR range test before training (s18exp/lr_find/)
-TEST_WEIGHTS = ("best", "last")  # eval.weights: checkpoints/best.pt (best validation score) or last.pt (end of training)
 
 
 def default_config(choices: Any = None) -> DictConfig:
@@ -94,8 +90,8 @@ def _lr_find_settings(cfg: DictConfig) -> None:
         raise UserError(f"{key}.smooth={s.smooth!r} must be in [0, 1) (0 = no smoothing); e.g. {key}.smooth=0.9")
     if s.diverge_factor <= 1:
         raise UserError(f"{key}.diverge_factor={s.diverge_factor} must be above 1; e.g. {key}.diverge_factor=4")
-    if s.rule not in RULES:
-        raise UserError(f"{key}.rule={s.rule!r} is not one of {'|'.join(RULES)}; e.g. {key}.rule={RULES[0]}")
+    if s.rule not in LR_FIND_RULES:
+        raise UserError(f"{key}.rule={s.rule!r} is not one of {'|'.join(LR_FIND_RULES)}; e.g. {key}.rule={LR_FIND_RULES[0]}")
 
 
 def _task_name(cfg: DictConfig) -> str:
@@ -119,7 +115,7 @@ def validate(cfg: DictConfig, lr_find: bool = False) -> None:
     for split in ("train", "val", "test"):
         _positive(cfg, f"data.limit_{split}", allow_none=True)
     _choice(cfg.trainer.precision, "trainer.precision", PRECISIONS)
-    _choice(cfg.wandb.mode, "wandb.mode", MODES)
+    _choice(cfg.wandb.mode, "wandb.mode", WANDB_MODES)
     _choice(cfg.eval.weights, "eval.weights", TEST_WEIGHTS)
     if "depth" in cfg.model:
         _positive(cfg, "model.depth")

@@ -61,9 +61,9 @@ from torch import nn
 from s18exp.data import Batches
 from s18exp.errors import UserError
 from s18exp.runtime import Runtime, rng_state, set_rng_state
+from s18exp.options import LR_FIND_RULES as RULES
 from s18exp.updates import optimizer_step
 
-RULES = ("min_div10", "steepest")  # the pick's rules, `trainer.lr_find.rule`
 STEEPEST_SKIP = 0.1  # share of the first points the steepest rule ignores (the moving average is still young)
 FLOOR_TOLERANCE = 0.05  # the minimum is read where the curve first comes within this share of its fall of it
 

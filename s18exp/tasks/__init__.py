@@ -45,6 +45,7 @@ class Task(Protocol):
     monitor: str  # the key of `evaluate` that picks the best checkpoint
     monitor_mode: str  # "max" or "min": which way `monitor` is better
     combo_keys: tuple[str, ...]  # the fields of `describe` that make a combo: the W&B tags, a row of the report
+    shown_scores: tuple[str, ...]  # prefixes of the summary.json keys the console shows at the end of a run
     cfg: DictConfig
     class_names: list[str]
 
