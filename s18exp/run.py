@@ -1,4 +1,6 @@
 """One job, from a composed config to a finished run dir: validate, build, fit, test, write, finish W&B.
+`run` reads as that list of steps; the checkpoints and resuming live in s18exp/checkpoint.py, summary.json in
+s18exp/summary.py, the W&B run in s18exp/tracking.py, the loop in s18exp/loop.py.
 
 Resuming (`trainer.resume`): `auto` (the default) continues from `<run dir>/checkpoints/last.pt` when it
 exists, and skips the job when `summary.json` already says it is complete, so rerunning a command or a
@@ -42,7 +44,7 @@ from s18exp.run_settings import record as record_settings
 from s18exp.runtime import (
     STARTING_THREADS, Runtime, nondeterministic_op, resolve_device, resolve_precision, seed_everything, set_deterministic, shared_cpu_warning,
 )
-from s18exp.size_schedule import EpochPlan, plan_for
+from s18exp.size_schedule import plan_for
 from s18exp.stopping import Interrupted, StopRequest
 from s18exp.summary import SUMMARY, complete_summary, is_complete, read_summary, record_stop, shown_metrics
 from s18exp.tasks import Task, build
@@ -52,15 +54,8 @@ from s18exp.tracking import Tracker, run_tracker
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train and test one configuration; returns what it writes to summary.json."""
     started = time.perf_counter()
-    validate(cfg)
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    dist = distributed.init()
-    device = resolve_device(cfg.trainer.device, dist)
-    check_deterministic(cfg, device)
-    prepare_run_dir(cfg, run_dir, dist)
-    previous = read_summary(run_dir)
-    if str(cfg.trainer.resume) == "auto" and is_complete(previous, cfg.trainer.max_epochs):
-        console.info(f"{cfg.run_name}: {run_dir / SUMMARY} is complete; skipping (trainer.resume=never to train again)")
+    run_dir, dist, device = check_and_prepare(cfg)
+    if (previous := complete_before(cfg, run_dir)) is not None:
         return previous
     resume_path = find_resume(cfg, run_dir)
     if dist.is_main and (resume_path is None or not (run_dir / SETTINGS_FILE).is_file()):
@@ -119,9 +114,30 @@ class Job:
     data: Any
 
 
+def check_and_prepare(cfg: DictConfig) -> tuple[Path, Dist, torch.device]:
+    """Before any work: the config checked, the run's (run dir, ranks, device), the run dir made ready."""
+    validate(cfg)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    dist = distributed.init()
+    device = resolve_device(cfg.trainer.device, dist)
+    check_deterministic(cfg, device)
+    prepare_run_dir(cfg, run_dir, dist)
+    return run_dir, dist, device
+
+
+def complete_before(cfg: DictConfig, run_dir: Path) -> dict[str, Any] | None:
+    """With `trainer.resume=auto`, the summary of a run dir whose run is complete already (the job is skipped);
+    else None."""
+    previous = read_summary(run_dir)
+    if str(cfg.trainer.resume) == "auto" and is_complete(previous, cfg.trainer.max_epochs):
+        console.info(f"{cfg.run_name}: {run_dir / SUMMARY} is complete; skipping (trainer.resume=never to train again)")
+        return previous
+    return None
+
+
 def prepare_run_dir(cfg: DictConfig, run_dir: Path, dist: Dist) -> None:
-    """Before any work: only rank 0 speaks; the run dir is writable, holds no half-written checkpoint, and was
-    made with this run's settings (else RunDirTaken, with Hydra's files put back as they were)."""
+    """Only rank 0 speaks; the run dir is writable, holds no half-written checkpoint, and was made with this
+    run's settings (else RunDirTaken, with Hydra's files put back as they were)."""
     console.set_quiet(not dist.is_main)
     if dist.is_main:
         check_writable(run_dir)

@@ -49,6 +49,10 @@ class Task(Protocol):
     cfg: DictConfig
     class_names: list[str]
 
+    @staticmethod
+    def check_config(cfg: DictConfig) -> None:
+        """A UserError for a bad value of a key that only this task has, after s18exp.config.validate's shared checks."""
+
     def build_data(self) -> Any:
         """The data set: `train`, `val` and `test` splits (s18exp.data.TensorSplit), `class_names`."""
 

@@ -139,6 +139,25 @@ class SegmentationTask:
         self.tta_scales = tta_scales(OmegaConf.select(cfg, "eval.tta_scales", default=[1.0]))
         self.size_multiple = 2 ** int(cfg.model.depth)
 
+    @staticmethod
+    def check_config(cfg: DictConfig) -> None:
+        """The convolution block (`model.block`), and a crop (`augment.crop_size`) that the model's depth divides
+        and that fits in the image."""
+        from s18exp.augment import check_crop_size
+        from s18exp.blocks import CONV_BLOCKS
+
+        block = cfg.model.get("block", next(iter(CONV_BLOCKS)))  # a checkpoint from before the option holds none
+        if block not in CONV_BLOCKS:
+            raise UserError(f"model.block={block!r} is not one of {'|'.join(CONV_BLOCKS)}; e.g. model.block={next(iter(CONV_BLOCKS))}")
+        crop, step = OmegaConf.select(cfg, "augment.crop_size"), 2**cfg.model.depth
+        check_crop_size(crop)
+        if crop is not None and (crop % step or crop > cfg.data.image_size):
+            fit = min(cfg.data.image_size, max(step, round(crop / step) * step))
+            raise UserError(
+                f"augment.crop_size={crop} must divide by 2**model.depth={step} and be at most "
+                f"data.image_size={cfg.data.image_size}; use augment.crop_size={fit}, or null for whole images"
+            )
+
     def build_data(self) -> Any:
         return instantiate(self.cfg.data, cache_dir=self.cfg.paths.cache_dir)
 

@@ -198,6 +198,10 @@ class VAETask:
             drawn_augment=self.drawn_augment if self.drawn_augment.active else None,
         )
 
+    @staticmethod
+    def check_config(cfg: DictConfig) -> None:
+        """None beyond s18exp.config.validate's: the VAE's own settings are checked as the task is built."""
+
     def describe(self) -> dict[str, Any]:
         """What identifies this run's combo in summary.json, W&B tags and the report."""
         return {
