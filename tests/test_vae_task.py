@@ -204,6 +204,7 @@ class _ClassZeroReader(torch.nn.Module):
 
 
 def test_the_panel_and_judge_scores_and_test_items_match_a_count_by_hand(image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import s18exp.judge_training as judge_training
     import s18exp.tasks.vae as vae_task
     from s18exp import test_items
     from s18exp.readers.panel import Reader
@@ -211,7 +212,7 @@ def test_the_panel_and_judge_scores_and_test_items_match_a_count_by_hand(image_f
     task = VAETask(compose_vae(tiny_overrides(image_folder, tmp_path)))
     data = task.build_data()
     # The judge and reader "grey" read the painter's grey levels back; reader "zero" always says class 0.
-    monkeypatch.setattr(vae_task, "judge_for", lambda *args, **kwargs: _GreyLevelJudge())
+    monkeypatch.setattr(judge_training, "judge_for", lambda *args, **kwargs: _GreyLevelJudge())
     panel = [Reader("grey", _GreyLevelJudge(), 1.0, 1, 2.0), Reader("zero", _ClassZeroReader(), 1.0, 1, 3.0)]
     monkeypatch.setattr(vae_task, "panel_for", lambda *args, **kwargs: panel)
     tracker = Tracker(mode="disabled", project="p", entity=None, run_dir=tmp_path, name="n", group="g", job_type="vae", tags=[], config={})

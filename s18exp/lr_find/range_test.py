@@ -4,7 +4,7 @@ The test trains the freshly built model for at most `trainer.lr_find.num_steps` 
 raising the learning rate exponentially from `start_lr` to `end_lr` (`lr_i = start * (end/start)**(i/(N-1))`),
 and records the loss of every step. It is task-agnostic: the batch loss is the task's own
 `training_loss(model, images, targets)` under the run's autocast, the optimiser is built from
-`trainer.optimizer` exactly as `loop.build_updates` builds it and each update is `updates.optimizer_step`, the loop's own, so the
+`trainer.optimizer` exactly as `updates.Updates` builds it and each update is `updates.optimizer_step`, the loop's own, so the
 curve describes the training that follows.
 
 - The loss is smoothed with an exponential moving average (`smooth` is the weight of the past, 0 = raw losses)
@@ -152,7 +152,7 @@ def range_test(
     """Run the test on `batches` (cycled when shorter than num_steps) and restore everything it touched.
 
     `trainer` is the `trainer` config node: `optimizer`, `grad_clip` and `lr_find` are read. Without an
-    `optimizer`, one is built from `trainer.optimizer` as `loop.build_updates` builds it.
+    `optimizer`, one is built from `trainer.optimizer` as `updates.Updates` builds it.
     """
     settings = settings_from(trainer)
     model_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
