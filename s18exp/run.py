@@ -88,7 +88,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         saved = {"config": resolved, "class_names": list(task.class_names), "wandb_id": tracker.run_id}
         state = train_model(job, train, val, LoopContext(cfg.trainer, runtime, run_dir, tracker, saved, resume, plan=plan))
         distributed.barrier(dist)
-        scores, extra, test_epoch = test_model(job, test, tracker)
+        scores, extra, test_epoch = evaluate_on_test(job, test, tracker)
         facts = {"wall_seconds": time.perf_counter() - start, "params": sizes.params, **lr_pick, **runtime_facts(runtime)}
         summary = complete_summary(cfg, task, scores, extra, test_epoch, state, facts)
         if dist.is_main:
@@ -202,7 +202,7 @@ def train_model(job: Job, train: Batches, val: Batches, context: LoopContext) ->
             ) from None
 
 
-def test_model(job: Job, test: Batches, tracker: Tracker) -> tuple[dict[str, float], dict[str, Any], int]:
+def evaluate_on_test(job: Job, test: Batches, tracker: Tracker) -> tuple[dict[str, float], dict[str, Any], int]:
     """The test split scored with the `eval.weights` checkpoint, its items saved (test_items.npz, before
     summary.json, which marks the run complete), then the task's pictures: (scores, the task's extra summary
     entries, the tested epoch)."""
