@@ -32,7 +32,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 
     from s18exp import console
     from s18exp.errors import TrainingError, UserError, one_line
-    from s18exp.run import run, summary_stamp
+    from s18exp.run import run
+    from s18exp.summary import summary_stamp
     from s18exp.resuming import resume_command
     from s18exp.run_settings import RunDirTaken, holds_a_run, remove_unstarted
     from s18exp.stopping import Interrupted
@@ -83,7 +84,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
 def job_failed(run_dir: Path, cfg: DictConfig, reason: str, stamp_before: object) -> None:
     """A sweep job failed: unless `run` already wrote its summary.json, write one that says why, so that the
     sweep's exit status and report name the job (s18exp.hydra_callbacks.SweepOutcome); the others go on."""
-    from s18exp.run import record_failure, summary_stamp
+    from s18exp.summary import record_failure, summary_stamp
 
     if distributed.init().is_main and summary_stamp(run_dir) == stamp_before:
         record_failure(run_dir, cfg, reason)

@@ -88,7 +88,7 @@ class TransposeUpsample(nn.ConvTranspose2d):
 class InterpolateUpsample(nn.Sequential):
     """Doubles height and width by interpolation, then maps channels with a 3x3 convolution."""
 
-    def __init__(self, in_channels: int, out_channels: int, mode: str = "bilinear") -> None:
+    def __init__(self, in_channels: int, out_channels: int, mode: str) -> None:
         align = False if mode in ("bilinear", "bicubic") else None
         super().__init__(
             nn.Upsample(scale_factor=2, mode=mode, align_corners=align),

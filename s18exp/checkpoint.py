@@ -1,12 +1,16 @@
-"""Reading checkpoints safely: the one place where `predict`, `score`, `generate` and a resumed run open a
-`.pt` file, and where the commands that read one build its task and model (`load_checkpoint`).
+"""Checkpoints, the one module that writes, reads and resumes from them: `Checkpoints` writes last.pt and
+best.pt during training (`TrainState`, the progress they carry); `read_checkpoint` opens a `.pt` file safely for
+`predict`, `score`, `generate` and a resumed run, and `load_checkpoint` builds the task and model of one for the
+commands that read it; `find_resume`, `read_resumable`, `restore`, `start_history` and `read_last_state` are
+resuming (`trainer.resume`): which checkpoint, whether it continues the same training, its state back in place,
+its run's history brought along, and the progress of a run that stopped.
 
 A checkpoint may come from elsewhere (a W&B artifact, a download, a colleague), so loading one never runs
 code from it:
 
 - it is read with `torch.load(..., weights_only=True)`, which rebuilds tensors and plain Python types
   (dicts, lists, tuples, strings, numbers, None) and refuses everything else, so that a pickle that would call
-  a function on load is refused before it runs; checkpoints hold nothing else (`loop.Checkpoints.save` stores the RNG
+  a function on load is refused before it runs; checkpoints hold nothing else (`Checkpoints.save` stores the RNG
   states as tensors and tuples, the config as a plain dict);
 - the checkpoint's config must be plain data: nested dicts and lists of strings, numbers, booleans and None,
   with no OmegaConf interpolation or resolver call (`${...}`) anywhere, in a key or a value. A run saves its
@@ -29,21 +33,32 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 import os
 import pickle
+import shutil
 import zipfile
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import torch
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from s18exp.config import TEST_WEIGHTS
+from s18exp import console
+from s18exp.atomic_files import atomic_link, atomic_torch_save, atomic_write_text
+from s18exp.distributed import Dist
 from s18exp.errors import UserError
+from s18exp.options import TEST_WEIGHTS
 from s18exp.paths import CONFIG_DIR
+from s18exp.runtime import all_rng_states, set_rng_state
+from s18exp.size_schedule import schedule_text, size_schedule
 from s18exp.tasks import Task, task_for
+
+if TYPE_CHECKING:
+    from s18exp.updates import Updates
 
 T = TypeVar("T", bound=Task)
 
@@ -196,3 +211,189 @@ def load_checkpoint(
         first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
         raise UserError(f"{path}: the weights do not fit the model its config describes ({first[:160]}); the file is damaged or edited") from None
     return task, model.to(device).eval(), cfg
+
+
+@dataclass
+class TrainState:
+    """Progress that a checkpoint carries besides the weights; `next_step` > 0 means stopped mid-epoch."""
+
+    epochs_completed: int = 0
+    best_epoch: int = 0
+    best_value: float = math.nan
+    train_seconds: float = 0.0
+    bad_batches: int = 0
+    next_step: int = 0
+    partial_loss_sum: float = 0.0
+    partial_seen: int = 0
+    partial_seconds: float = 0.0
+
+    def complete_epoch(self, epoch: int, value: float, seconds: float, mode: str) -> bool:
+        """Record a finished epoch and its monitored value (`mode` "max" or "min"); True when it is the best so far.
+        A NaN value is the best only while no epoch had a number: any number beats it."""
+        improved = (
+            self.best_epoch == 0
+            or (math.isnan(self.best_value) and not math.isnan(value))
+            or (value > self.best_value if mode == "max" else value < self.best_value)
+        )
+        if improved:
+            self.best_value, self.best_epoch = value, epoch
+        self.epochs_completed = epoch
+        self.train_seconds += seconds
+        self.next_step, self.partial_loss_sum, self.partial_seen, self.partial_seconds = 0, 0.0, 0, 0.0
+        return improved
+
+
+@dataclass
+class Checkpoints:
+    """Writes the checkpoints of a run: the weights and update state of `updates` (the averaged weights as
+    `model` with `trainer.ema_decay`), the progress, every rank's RNG states and `extra` (config, class names,
+    W&B id)."""
+
+    folder: Path
+    updates: Updates
+    state: TrainState
+    dist: Dist
+    extra: dict[str, Any]
+
+    def save(self, *names: str) -> None:
+        """The first name written atomically, the others linked to it; every rank calls it (the RNG states are
+        gathered), rank 0 writes."""
+        rngs = all_rng_states(self.dist)
+        if not self.dist.is_main:
+            return
+        snapshot = {
+            **self.updates.state_dict(),
+            "epoch": self.state.epochs_completed,
+            "train_state": asdict(self.state),
+            "rng": rngs,
+            **self.extra,
+        }
+        atomic_torch_save(snapshot, self.folder / names[0])
+        for name in names[1:]:
+            atomic_link(self.folder / names[0], self.folder / name)
+
+
+def restore(resume: dict[str, Any], updates: Updates, dist: Dist) -> TrainState:
+    """Weights, update state and this rank's RNG states from a last.pt; returns its progress."""
+    updates.load_state_dict(resume)
+    set_rng_state(resume["rng"][dist.rank])  # check_resumable made sure the checkpoint has one per rank
+    return TrainState(**resume["train_state"])
+
+
+def find_resume(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """The checkpoint to continue from, per `trainer.resume`."""
+    mode = str(cfg.trainer.resume)
+    if mode == "never":
+        return None
+    if mode == "auto":
+        last = run_dir / "checkpoints" / "last.pt"
+        return last if last.exists() else None
+    path = Path(mode).expanduser()
+    path = path / "checkpoints" / "last.pt" if path.is_dir() else path
+    if not path.is_file():
+        raise UserError(f"trainer.resume={mode} holds no checkpoint; give a run dir with checkpoints/last.pt or a .pt file")
+    return path
+
+
+def read_resumable(path: Path | None, cfg: DictConfig, model: torch.nn.Module, world_size: int) -> dict[str, Any] | None:
+    """The checkpoint at `path` (None: a fresh run), after `check_resumable`."""
+    if path is None:
+        return None
+    checkpoint = read_checkpoint(path)
+    check_resumable(checkpoint, cfg, model, world_size, path)
+    return checkpoint
+
+
+def check_resumable(checkpoint: dict[str, Any], cfg: DictConfig, model: torch.nn.Module, world_size: int, path: Path) -> None:
+    """A resume must continue the same training: the keys that fix the step schedule, the sides of the training
+    views and the weight average, the number of ranks (the data order and the RNG states are per rank) and the
+    model's parameter names and shapes."""
+    saved = OmegaConf.create(checkpoint["config"])
+    averaged = OmegaConf.select(saved, "trainer.ema_decay") is not None
+    needed = ("optimizer", "scaler", "train_state", "rng") + (("trained_model", "average_updates") if averaged else ())
+    missing = [key for key in needed if key not in checkpoint]
+    if missing:
+        raise UserError(f"{path} holds weights but no training state ({', '.join(missing)}); resume from a last.pt or best.pt that a run wrote")
+    epochs_fixed = cfg.trainer.scheduler is not None or size_schedule(cfg) is not None
+    keys = ["trainer.batch_size", "trainer.ema_decay", "data.limit_train"] + (["trainer.max_epochs"] if epochs_fixed else [])
+    if size_schedule(saved) != size_schedule(cfg):
+        raise UserError(
+            f"trainer.size_schedule ({schedule_text(size_schedule(cfg))}) differs from the one in {path} "
+            f"({schedule_text(size_schedule(saved))}); resume with that run's trainer.size_schedule or trainer.resume=never"
+        )
+    for key in keys:
+        before, now = OmegaConf.select(saved, key), OmegaConf.select(cfg, key)
+        if before != now:
+            raise UserError(
+                f"{key}={as_override(now)} differs from {as_override(before)} in {path}; "
+                f"resume with {key}={as_override(before)} or trainer.resume=never"
+            )
+    saved_ranks = len(checkpoint["rng"])
+    if saved_ranks != world_size:
+        raise UserError(
+            f"this run has {world_size} rank(s) but {path} was written by {saved_ranks}; resume with "
+            f"torchrun --nproc_per_node={saved_ranks} (or without torchrun for 1), or trainer.resume=never"
+        )
+    shapes = {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+    saved_shapes = {name: tuple(tensor.shape) for name, tensor in checkpoint["model"].items()}
+    if shapes != saved_shapes:
+        changed = [k for k in saved_shapes if k not in shapes] + [k for k in shapes if saved_shapes.get(k) != shapes[k]]
+        first = changed[0]
+        detail = f"{first} is {saved_shapes.get(first, 'absent')} there and {shapes.get(first, 'absent')} here"
+        raise UserError(
+            f"the model differs from the one in {path} ({len(changed)} parameter(s) differ; {detail}); "
+            "resume with the model settings of that run or trainer.resume=never"
+        )
+
+
+def as_override(value: object) -> str:
+    """A config value as a command line writes it (None is null there)."""
+    return "null" if value is None else str(value)
+
+
+def adopt_history(resume_path: Path, run_dir: Path) -> None:
+    """Resuming from another run's checkpoint: bring its metrics.jsonl and checkpoints along, so this run dir
+    holds the whole history (best.pt falls back to the resumed checkpoint itself; last.pt is the resumed
+    checkpoint until training writes its own, so that a finished run resumed elsewhere has one to test)."""
+    source_dir = resume_path.parent.parent
+    if source_dir.resolve() == run_dir.resolve():
+        return
+    if (source_dir / "metrics.jsonl").exists():
+        shutil.copyfile(source_dir / "metrics.jsonl", run_dir / "metrics.jsonl")
+    best = resume_path.parent / "best.pt"
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    atomic_link(best if best.exists() else resume_path, run_dir / "checkpoints" / "best.pt")
+    atomic_link(resume_path, run_dir / "checkpoints" / "last.pt")
+
+
+def truncate_metrics(path: Path, epochs: int) -> None:
+    """Keep the lines of the first `epochs` epochs: a run killed after writing a line but before its
+    checkpoint repeats that epoch, and each epoch must appear once."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line)["epoch"] <= epochs]
+    if len(kept) != len(lines):
+        atomic_write_text("".join(line + "\n" for line in kept), path)
+
+
+def start_history(resume: dict[str, Any] | None, path: Path | None, run_dir: Path, dist: Dist) -> None:
+    """metrics.jsonl as training starts: a resumed run's history up to its checkpoint (another run's brought
+    along), a fresh run's none."""
+    if resume is not None:
+        done = resume["train_state"]["epochs_completed"]
+        console.info(f"resuming from {path} after {done} complete epochs")
+        if dist.is_main:
+            adopt_history(path, run_dir)
+            truncate_metrics(run_dir / "metrics.jsonl", done)
+    elif dist.is_main:
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+
+
+def read_last_state(run_dir: Path) -> dict[str, Any]:
+    """`epochs_completed` and `best_epoch` from last.pt, for the summary of a run that stopped early."""
+    try:
+        state = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)["train_state"]
+    except (OSError, KeyError, RuntimeError, pickle.UnpicklingError):
+        return {"epochs_completed": 0}
+    return {"epochs_completed": state["epochs_completed"], "best_epoch": state["best_epoch"]}

@@ -5,19 +5,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
-from s18exp.augment import check_crop_size
-from s18exp.blocks import CONV_BLOCKS
 from s18exp.errors import UserError
-from s18exp.lr_find.range_test import RULES
+from s18exp.options import AUTO, LR_FIND_RULES, TEST_WEIGHTS, WANDB_MODES
 from s18exp.paths import CONFIG_DIR
 from s18exp.runtime import PRECISIONS
 from s18exp.size_schedule import check_size_schedule
-from s18exp.tracking import MODES
-
-AUTO = "auto"  # the value of trainer.lr that asks for an LR range test before training (s18exp/lr_find/)
-TEST_WEIGHTS = ("best", "last")  # eval.weights: checkpoints/best.pt (best validation score) or last.pt (end of training)
 
 
 def default_config(choices: Any = None) -> DictConfig:
@@ -94,20 +89,14 @@ def _lr_find_settings(cfg: DictConfig) -> None:
         raise UserError(f"{key}.smooth={s.smooth!r} must be in [0, 1) (0 = no smoothing); e.g. {key}.smooth=0.9")
     if s.diverge_factor <= 1:
         raise UserError(f"{key}.diverge_factor={s.diverge_factor} must be above 1; e.g. {key}.diverge_factor=4")
-    if s.rule not in RULES:
-        raise UserError(f"{key}.rule={s.rule!r} is not one of {'|'.join(RULES)}; e.g. {key}.rule={RULES[0]}")
-
-
-def _task_name(cfg: DictConfig) -> str:
-    """The `name` of the task class that `task._target_` names (unet, vae)."""
-    from hydra.utils import get_class
-
-    return get_class(cfg.task._target_).name
+    if s.rule not in LR_FIND_RULES:
+        raise UserError(f"{key}.rule={s.rule!r} is not one of {'|'.join(LR_FIND_RULES)}; e.g. {key}.rule={LR_FIND_RULES[0]}")
 
 
 def validate(cfg: DictConfig, lr_find: bool = False) -> None:
     """Raise UserError naming the key, the value and the fix for the first bad value found; `lr_find`: the
-    config is for the LR range test's command, which needs `trainer.lr_find` whatever `trainer.lr` says."""
+    config is for the LR range test's command, which needs `trainer.lr_find` whatever `trainer.lr` says. The
+    keys that only one task has are checked by that task (`Task.check_config`)."""
     _positive(cfg, "trainer.max_epochs")
     _positive(cfg, "trainer.batch_size")
     if cfg.trainer.lr != AUTO:  # auto: the LR range test picks it (s18exp/lr_find/)
@@ -119,13 +108,11 @@ def validate(cfg: DictConfig, lr_find: bool = False) -> None:
     for split in ("train", "val", "test"):
         _positive(cfg, f"data.limit_{split}", allow_none=True)
     _choice(cfg.trainer.precision, "trainer.precision", PRECISIONS)
-    _choice(cfg.wandb.mode, "wandb.mode", MODES)
+    _choice(cfg.wandb.mode, "wandb.mode", WANDB_MODES)
     _choice(cfg.eval.weights, "eval.weights", TEST_WEIGHTS)
     if "depth" in cfg.model:
         _positive(cfg, "model.depth")
         _positive(cfg, "model.width")
-        if "block" in cfg.model:
-            _choice(cfg.model.block, "model.block", tuple(CONV_BLOCKS))
         step = 2**cfg.model.depth
         if cfg.data.image_size % step:
             fit = max(step, round(cfg.data.image_size / step) * step)
@@ -133,14 +120,8 @@ def validate(cfg: DictConfig, lr_find: bool = False) -> None:
                 f"data.image_size={cfg.data.image_size} is not divisible by 2**model.depth={step}; "
                 f"use data.image_size={fit} or a smaller model.depth"
             )
-        crop = OmegaConf.select(cfg, "augment.crop_size")
-        check_crop_size(crop)
-        if crop is not None and (crop % step or crop > cfg.data.image_size):
-            fit = min(cfg.data.image_size, max(step, round(crop / step) * step))
-            raise UserError(
-                f"augment.crop_size={crop} must divide by 2**model.depth={step} and be at most "
-                f"data.image_size={cfg.data.image_size}; use augment.crop_size={fit}, or null for whole images"
-            )
-    check_size_schedule(cfg, _task_name(cfg))
+    task_class = get_class(cfg.task._target_)
+    task_class.check_config(cfg)
+    check_size_schedule(cfg, task_class.name)
     if lr_find and cfg.trainer.get("lr_find") is None:
         raise UserError("the config has no trainer.lr_find settings; restore them in conf/trainer/default.yaml")

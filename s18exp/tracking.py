@@ -3,6 +3,7 @@
 `wandb.mode=auto` logs online when an API key is configured (WANDB_API_KEY or ~/.netrc) and offline
 otherwise; offline runs are real W&B runs in `<run dir>/wandb/`, uploaded later with `wandb sync`.
 A W&B failure never stops training: the tracker falls back to offline, then to nothing.
+`run_tracker` builds a training run's W&B run from its config (`wandb.*`) and task.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from __future__ import annotations
 import netrc
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+from omegaconf import DictConfig
 
 from s18exp import console
-
-MODES = ("auto", "online", "offline", "disabled")
 
 
 def logged_in() -> bool:
@@ -123,3 +124,44 @@ class Tracker:
     def finish(self, exit_code: int = 0) -> None:
         self._call("finish", lambda: self.run.finish(exit_code=exit_code))
         self.run = None
+
+
+def wandb_group(cfg: DictConfig) -> str:
+    """The W&B group: set explicitly, else the sweep dir's name in a multirun, else the run's own name."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if cfg.wandb.group:
+        return cfg.wandb.group
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return Path(hydra_cfg.sweep.dir).name
+    return cfg.run_name
+
+
+class DescribedTask(Protocol):
+    """What the W&B run takes from a task (s18exp.tasks.Task): its identity and the fields that make its combo."""
+
+    combo_keys: tuple[str, ...]
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+def run_tracker(cfg: DictConfig, run_dir: Path, task: DescribedTask, config: dict[str, Any], run_id: str | None, main: bool) -> Tracker:
+    """The W&B run of a training job, per `wandb.*` (disabled on every rank but the `main` one): named after the
+    run, in its group, the task as its job type and the task's combo as its tags, holding `config`; `run_id`
+    (a resumed checkpoint's) continues that W&B run."""
+    identity = task.describe()
+    return Tracker(
+        mode=cfg.wandb.mode if main else "disabled",
+        project=cfg.wandb.project,
+        entity=cfg.wandb.entity,
+        run_dir=run_dir,
+        name=cfg.run_name,
+        group=wandb_group(cfg),
+        job_type=identity["task"],
+        tags=[str(identity[key]) for key in task.combo_keys],
+        config=config,
+        init_timeout=cfg.wandb.init_timeout,
+        run_id=run_id,
+    )

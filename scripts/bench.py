@@ -74,10 +74,11 @@ from rich.table import Table
 from torch.utils.flop_counter import FlopCounterMode
 
 from s18exp.data import Batches
-from s18exp.loop import FirstNonFinite, compiled
+from s18exp.loop import compiled
 from s18exp.runtime import Runtime, resolve_precision, unwrap
 from s18exp.updates import optimizer_step
 from s18exp.paths import CONFIG_DIR
+from s18exp.stopping import FirstNonFinite
 from s18exp.tasks import task_for
 
 REPO = Path(__file__).resolve().parent.parent

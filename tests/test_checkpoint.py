@@ -23,13 +23,14 @@ from torch import nn
 
 from conftest import TinyPets, cli_env, smoke_overrides_for
 from s18exp import generate, predict
-from s18exp.checkpoint import check_targets, load_checkpoint, project_targets, read_checkpoint, run_weights_file
+from s18exp.checkpoint import (
+    TrainState, check_resumable, check_targets, load_checkpoint, project_targets, read_checkpoint, restore, run_weights_file,
+)
 from s18exp.distributed import Dist
 from s18exp.errors import UserError
-from s18exp.loop import TrainState, Updates, restore
-from s18exp.runtime import rng_state, set_rng_state
+from s18exp.updates import Updates
+from s18exp.runtime import Runtime, rng_state, set_rng_state
 from s18exp.paths import CONFIG_DIR
-from s18exp.run import check_resumable
 from s18exp.tasks.segmentation import SegmentationTask
 from s18exp.tasks.vae import VAETask
 
@@ -298,7 +299,7 @@ def test_resume_with_a_wider_model_is_one_line_before_training(tiny_pets: TinyPe
 
 
 def saved_training(scaler: torch.amp.GradScaler) -> tuple[dict, dict[str, torch.Tensor]]:
-    """A last.pt's training state, as `loop.Checkpoints` writes it, of a tiny model trained with `scaler`."""
+    """A last.pt's training state, as `checkpoint.Checkpoints` writes it, of a tiny model trained with `scaler`."""
     torch.manual_seed(1)
     model = nn.Linear(3, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -310,8 +311,9 @@ def saved_training(scaler: torch.amp.GradScaler) -> tuple[dict, dict[str, torch.
 
 def restored_into(resume: dict, fp16: bool) -> tuple[Updates, nn.Module, TrainState]:
     model = nn.Linear(3, 2)
-    updates = Updates(torch.optim.SGD(model.parameters(), lr=0.1), None, torch.amp.GradScaler("cpu", enabled=fp16), None)
-    return updates, model, restore(resume, model, updates, Dist())
+    trainer = OmegaConf.create({"optimizer": {"_target_": "torch.optim.SGD", "lr": 0.1}, "scheduler": None, "grad_clip": None, "ema_decay": None})
+    updates = Updates(model, trainer, 1, Runtime(torch.device("cpu"), "fp16" if fp16 else "fp32", channels_last=False))
+    return updates, model, restore(resume, updates, Dist())
 
 
 def test_resume_moves_between_a_scaled_and_an_unscaled_precision() -> None:

@@ -64,7 +64,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def tiny_unet_params() -> int:
     """Parameters of the UNet that the smoke overrides describe, built here without the config."""
-    model = UNet(num_classes=3, downsample=MaxPoolDownsample, upsample=TransposeUpsample, width=4, depth=2)
+    model = UNet(num_classes=3, downsample=MaxPoolDownsample, upsample=TransposeUpsample, in_channels=3, width=4, depth=2, block="double")
     return sum(p.numel() for p in model.parameters())
 
 
@@ -134,7 +134,7 @@ def test_checkpoints_hold_the_whole_state(finished_run: Path) -> None:
         assert CHECKPOINT_KEYS <= checkpoint.keys()
         assert checkpoint["config"]["seed"] == 0 and checkpoint["config"]["data"]["image_size"] == 32
         assert checkpoint["scheduler"] is not None and checkpoint["optimizer"]["state"]
-        model = UNet(num_classes=3, downsample=MaxPoolDownsample, upsample=TransposeUpsample, width=4, depth=2)
+        model = UNet(num_classes=3, downsample=MaxPoolDownsample, upsample=TransposeUpsample, in_channels=3, width=4, depth=2, block="double")
         model.load_state_dict(checkpoint["model"])  # strict: same architecture, same keys
     assert last["epoch"] == EPOCHS
     assert best["epoch"] == summary["best_epoch"]

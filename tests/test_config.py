@@ -213,3 +213,51 @@ def test_loss_lovasz_ce_builds_the_weighted_lovasz_plus_cross_entropy() -> None:
     logits, target = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
     lovasz, ce = LovaszSoftmaxLoss()(logits, target).item(), torch.nn.functional.cross_entropy(logits, target).item()
     assert weighted(logits, target).item() == pytest.approx(0.25 * lovasz + ce, rel=1e-6)
+
+
+# Keyword defaults that may differ from a YAML value, and why: PairAugment's are the identity (augment=none
+# writes no values and relies on them; flip and strong set their own); an image folder is never downloaded,
+# whatever `download` says (s18exp/data/imagefolder.py), so its shared DataSettings default means nothing there.
+DEFAULTS_THAT_MAY_DIFFER = {("s18exp.augment.PairAugment", None), ("s18exp.data.imagefolder.ImageFolderData", "download")}
+
+
+def yaml_and_constructor_disagreements(node: object, found: list[str]) -> list[str]:
+    """Each `_target_` of the project under `node` whose constructor has a keyword default that differs from the
+    value the YAML gives the same keyword, as 'target.keyword: default vs yaml'."""
+    import inspect
+
+    from hydra.utils import get_object
+
+    if isinstance(node, dict):
+        target = node.get("_target_")
+        if isinstance(target, str) and target.startswith("s18exp.") and (target, None) not in DEFAULTS_THAT_MAY_DIFFER:
+            for name, parameter in inspect.signature(get_object(target)).parameters.items():
+                default = parameter.default
+                if default is inspect.Parameter.empty or name not in node or (target, name) in DEFAULTS_THAT_MAY_DIFFER:
+                    continue
+                if node[name] != default:
+                    found.append(f"{target}.{name}: {default!r} vs {node[name]!r}")
+        for value in node.values():
+            yaml_and_constructor_disagreements(value, found)
+    elif isinstance(node, list):
+        for value in node:
+            yaml_and_constructor_disagreements(value, found)
+    return found
+
+
+def test_the_yaml_is_the_one_source_of_defaults() -> None:
+    """What Hydra builds (models, blocks, losses, tasks, data sets) takes no keyword default that disagrees with
+    the YAML: a model built in code from its defaults is the one the config describes, or cannot be built."""
+    choices = [["task=unet", f"{group}={option}"] for group in ("augment", "encoder", "decoder", "loss") for option in group_options(group)]
+    choices += [["task=vae", f"data={data}", f"loss={loss}"] for data in ("mnist", "cifar10", "imagefolder") for loss in ("bce", "mse")]
+    found: list[str] = []
+    for overrides in choices:
+        cfg = compose_config(*overrides, "data.root=/nonexistent")
+        yaml_and_constructor_disagreements(OmegaConf.to_container(cfg, resolve=True), found)
+    assert len(choices) > 15
+    assert not sorted(set(found)), sorted(set(found))
+
+
+def test_the_defaults_check_sees_a_disagreement() -> None:
+    node = {"model": {"_target_": "s18exp.models.unet.UNet", "block": "residual", "width": 24}}
+    assert yaml_and_constructor_disagreements(node, []) == ["s18exp.models.unet.UNet.block: 'double' vs 'residual'"]

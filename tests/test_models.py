@@ -37,8 +37,10 @@ def build_unet(encoder: str, decoder: str, depth: int = 2, width: int = 4, num_c
         num_classes=num_classes,
         downsample=block_factory("encoder", encoder),
         upsample=block_factory("decoder", decoder),
+        in_channels=3,
         width=width,
         depth=depth,
+        block="double",
     )
 
 
@@ -63,7 +65,7 @@ def test_unet_levels_double_the_channels() -> None:
 
 
 def test_unet_takes_num_classes_and_in_channels() -> None:
-    model = UNet(5, MaxPoolDownsample, TransposeUpsample, in_channels=1, width=4, depth=2)
+    model = UNet(5, MaxPoolDownsample, TransposeUpsample, in_channels=1, width=4, depth=2, block="double")
     assert model(torch.randn(1, 1, 16, 16)).shape == (1, 5, 16, 16)
 
 
@@ -86,7 +88,7 @@ def test_residual_block_adds_its_input_or_a_projection_of_it() -> None:
 
 @pytest.mark.parametrize(("block", "kind"), [("double", DoubleConv), ("residual", ResidualDoubleConv)])
 def test_unet_block_option_builds_every_level_from_that_block(block: str, kind: type) -> None:
-    model = UNet(3, MaxPoolDownsample, TransposeUpsample, width=4, depth=3, block=block)
+    model = UNet(3, MaxPoolDownsample, TransposeUpsample, in_channels=3, width=4, depth=3, block=block)
     levels = [model.stem, *(down[1] for down in model.downs), *(up.conv for up in model.ups)]
     assert all(type(level) is kind for level in levels)
     assert sum(isinstance(m, (DoubleConv, ResidualDoubleConv)) for m in model.modules()) == 1 + 3 + 3

@@ -19,7 +19,8 @@ from hydra.utils import get_class
 from torch import nn
 
 from s18exp.data import Batches
-from s18exp.loop import FirstNonFinite, compiled, fit
+from s18exp.loop import LoopContext, compiled, fit
+from s18exp.stopping import FirstNonFinite
 from s18exp.runtime import Runtime, unwrap
 from s18exp.paths import CONFIG_DIR
 from s18exp.tracking import Tracker
@@ -107,7 +108,7 @@ def test_compiled_training_matches_eager_and_its_checkpoint_loads_into_a_plain_m
         (run_dir / "checkpoints").mkdir(parents=True)
         tracker = Tracker(mode="disabled", project="p", entity=None, run_dir=run_dir, name="n", group="g", job_type="unet", tags=[], config={})
         torch.manual_seed(0)
-        fit(model, task, Batches(data.train, 4, shuffle=True), Batches(data.val, 4), cfg.trainer, runtime, run_dir, tracker, checkpoint_extra={})
+        fit(model, task, Batches(data.train, 4, shuffle=True), Batches(data.val, 4), LoopContext(cfg.trainer, runtime, run_dir, tracker, {}))
         results[mode] = (run_dir, model)
 
     eager_dir, eager_model = results["eager"]

@@ -20,7 +20,7 @@ from conftest import TinyPets, smoke_overrides_for
 from s18exp.config import validate
 from s18exp.errors import UserError
 from s18exp.paths import CONFIG_DIR
-from s18exp.run import check_resumable
+from s18exp.checkpoint import check_resumable
 from s18exp.run_settings import differences, settings_of
 from s18exp.size_schedule import batch_sizes_per_epoch, epoch_plan, plan_for, sizes_per_epoch
 from test_faults import epochs_logged, overrides, run_cli, start, wait_for_first_checkpoint

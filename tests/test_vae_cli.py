@@ -11,7 +11,7 @@ import torch
 
 from s18exp import generate
 from s18exp.data import Batches
-from s18exp.loop import fit
+from s18exp.loop import LoopContext, fit
 from s18exp.runtime import Runtime
 from s18exp.tasks.vae import FILES, VAETask
 from s18exp.tracking import Tracker
@@ -150,8 +150,8 @@ def test_real_mnist_condition_both_follows_the_given_label(tmp_path: Path, one_t
     runtime = Runtime(torch.device("cpu"), "bf16", channels_last=True)
     model = runtime.prepare_model(task.build_model())
     tracker = Tracker(mode="disabled", project="p", entity=None, run_dir=tmp_path, name="n", group="g", job_type="vae", tags=[], config={})
-    fit(model, task, Batches(data.train, cfg.trainer.batch_size, shuffle=True), Batches(data.val, 500), cfg.trainer,
-        runtime, tmp_path, tracker, checkpoint_extra={})
+    fit(model, task, Batches(data.train, cfg.trainer.batch_size, shuffle=True), Batches(data.val, 500),
+        LoopContext(cfg.trainer, runtime, tmp_path, tracker, {}))
     scores = task.finalize(model, data, runtime, tmp_path, tracker)
     print(scores)  # measured here: judge 0.97, judge label follow 0.99, panel minimum 0.90, input keep 0.01
     assert scores["judge/test_acc"] >= 0.9, scores

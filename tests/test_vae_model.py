@@ -24,7 +24,7 @@ from s18exp.models.vae import (
 from vae_data import one_thread  # noqa: F401  (fixture)
 
 DOWNSAMPLES = {"maxpool": MaxPoolDownsample, "strided": StridedConvDownsample}
-UPSAMPLES = {"transpose": TransposeUpsample, "upsample": InterpolateUpsample, "nearest": partial(InterpolateUpsample, mode="nearest")}
+UPSAMPLES = {"transpose": TransposeUpsample, "upsample": partial(InterpolateUpsample, mode="bilinear"), "nearest": partial(InterpolateUpsample, mode="nearest")}
 SHAPES = {"mnist": (1, 32), "cifar10": (3, 32)}  # channels, image size
 
 
@@ -33,7 +33,7 @@ def make(condition: str = "both", down: str = "maxpool", up: str = "transpose", 
     torch.manual_seed(0)
     return LabelVAE(num_classes, DOWNSAMPLES[down], UPSAMPLES[up], image_size=size, in_channels=channels,
                     latent_dim=latent, condition=condition, width=4, depth=depth, embed_dim=5,
-                    label_every_level=every_level)
+                    label_every_level=every_level, guide_width=0, guide_arches=(), drawn_augment=None)
 
 
 @pytest.mark.parametrize("down,up,condition", list(itertools.product(DOWNSAMPLES, UPSAMPLES, CONDITIONS)))
@@ -187,7 +187,7 @@ def make_guided(condition: str = "both", guide_width: int = 4, arches: tuple[str
                 channels: int = 1) -> LabelVAE:
     torch.manual_seed(0)
     return LabelVAE(10, MaxPoolDownsample, TransposeUpsample, image_size=32, in_channels=channels, latent_dim=6,
-                    condition=condition, width=4, depth=2, embed_dim=5, guide_width=guide_width, guide_arches=arches,
+                    condition=condition, width=4, depth=2, embed_dim=5, label_every_level=True, guide_width=guide_width, guide_arches=arches,
                     drawn_augment=augment)
 
 

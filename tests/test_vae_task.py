@@ -204,6 +204,7 @@ class _ClassZeroReader(torch.nn.Module):
 
 
 def test_the_panel_and_judge_scores_and_test_items_match_a_count_by_hand(image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import s18exp.judge_training as judge_training
     import s18exp.tasks.vae as vae_task
     from s18exp import test_items
     from s18exp.readers.panel import Reader
@@ -211,7 +212,7 @@ def test_the_panel_and_judge_scores_and_test_items_match_a_count_by_hand(image_f
     task = VAETask(compose_vae(tiny_overrides(image_folder, tmp_path)))
     data = task.build_data()
     # The judge and reader "grey" read the painter's grey levels back; reader "zero" always says class 0.
-    monkeypatch.setattr(vae_task, "judge_for", lambda *args, **kwargs: _GreyLevelJudge())
+    monkeypatch.setattr(judge_training, "judge_for", lambda *args, **kwargs: _GreyLevelJudge())
     panel = [Reader("grey", _GreyLevelJudge(), 1.0, 1, 2.0), Reader("zero", _ClassZeroReader(), 1.0, 1, 3.0)]
     monkeypatch.setattr(vae_task, "panel_for", lambda *args, **kwargs: panel)
     tracker = Tracker(mode="disabled", project="p", entity=None, run_dir=tmp_path, name="n", group="g", job_type="vae", tags=[], config={})
@@ -409,10 +410,10 @@ def test_prior_rows_decode_a_z_from_the_prior_with_the_true_label(image_folder: 
 
 
 def test_the_console_table_shows_the_judge_and_readers_accuracy_beside_the_test_scores() -> None:
-    from s18exp.run import summary_metrics
+    from s18exp.summary import shown_metrics
 
     summary = {"test/elbo": 104.0, "judge/test_acc": 0.995, "panel/test_acc/resnet": 0.99, "params": 12345, "best_val/elbo": 105.0, "status": "complete"}
-    assert summary_metrics(summary) == {"test/elbo": 104.0, "judge/test_acc": 0.995, "panel/test_acc/resnet": 0.99}
+    assert shown_metrics(summary, VAETask.shown_scores) == {"test/elbo": 104.0, "judge/test_acc": 0.995, "panel/test_acc/resnet": 0.99}
 
 
 def test_guide_term_adds_the_guides_cross_entropies_to_the_elbo(image_folder: Path, tmp_path: Path, one_thread):

@@ -1,5 +1,5 @@
-"""The package's walls: prediction and generation never load the training loop, the file writers and the
-report's command line never load torch, models never talk to the console or W&B, the report never imports
+"""The package's walls: prediction, scoring and generation never load the training code, the config checks
+never load the LR range test or W&B, the file writers and the report's command line never load torch, models never talk to the console or W&B, the report never imports
 the code that trains, the LR range test's method has no output of its own, and the module-level imports
 form no cycle."""
 
@@ -87,11 +87,33 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-def test_predict_and_generate_do_not_load_the_training_loop() -> None:
-    code = "import sys, s18exp.predict, s18exp.generate; print('s18exp.loop' in sys.modules, 's18exp.runtime' in sys.modules)"
+TRAINING_ONLY = (
+    "s18exp.loop", "s18exp.updates", "s18exp.augment", "s18exp.judge_training", "s18exp.run", "s18exp.lr_find",
+)
+
+
+def loaded_by(module: str) -> set[str]:
+    """The s18exp modules that `import <module>` loads, in a fresh interpreter."""
+    code = f"import sys, {module}; print(' '.join(sorted(m for m in sys.modules if m.startswith('s18exp'))))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["False", "True"]
+    return set(result.stdout.split())
+
+
+@pytest.mark.parametrize("module", ["s18exp.predict", "s18exp.score", "s18exp.generate"])
+def test_the_commands_that_read_a_checkpoint_load_no_training_code(module: str) -> None:
+    loaded = loaded_by(module)
+    assert {module, "s18exp.checkpoint", "s18exp.runtime", "s18exp.tasks"} <= loaded  # the check sees real imports
+    training = {name for name in loaded if any(name == wall or name.startswith(f"{wall}.") for wall in TRAINING_ONLY)}
+    assert not training, f"{module} loads {sorted(training)}"
+
+
+def test_the_config_checks_load_neither_the_lr_range_test_nor_wandb() -> None:
+    """s18exp.config reads the values an option may take from s18exp.options, plain data."""
+    loaded = loaded_by("s18exp.config")
+    assert "s18exp.options" in loaded
+    offending = {name for name in loaded if name.startswith("s18exp.lr_find") or name == "s18exp.tracking"}
+    assert not offending, sorted(offending)
 
 
 @pytest.mark.parametrize("module", ["s18exp.atomic_files", "s18exp.report.__main__"])
@@ -131,7 +153,7 @@ def test_the_lr_range_test_method_has_no_output_of_its_own() -> None:
     assert not outside, f"range_test.py imports {sorted(outside)}"
     own = imports & package_modules().keys()
     assert "s18exp.runtime" in own  # the check sees real imports
-    assert own <= {"s18exp.data", "s18exp.errors", "s18exp.runtime", "s18exp.updates"}, sorted(own)
+    assert own <= {"s18exp.data", "s18exp.errors", "s18exp.options", "s18exp.runtime", "s18exp.updates"}, sorted(own)
 
 
 def test_the_readers_share_no_training_code_with_what_the_vae_trains_against() -> None:

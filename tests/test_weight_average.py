@@ -19,11 +19,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-import s18exp.loop
+import s18exp.updates
 from conftest import cli_env, smoke_overrides_for
 from s18exp.checkpoint import load_checkpoint, read_checkpoint
 from s18exp.data import Batches
-from s18exp.loop import fit
+from s18exp.loop import LoopContext, fit
 from s18exp.paths import CONFIG_DIR
 from s18exp.runtime import Runtime, unwrap
 from s18exp.tasks.segmentation import SegmentationTask
@@ -53,7 +53,7 @@ def train_recording_updates(
     torch.manual_seed(0)
     model = runtime.prepare_model(task.build_model())
     after_updates: list[dict[str, torch.Tensor]] = []
-    real_step = s18exp.loop.optimizer_step
+    real_step = s18exp.updates.optimizer_step
     steps = iter(range(1000))
 
     def recording_step(*args: Any, **kwargs: Any) -> bool:
@@ -63,12 +63,12 @@ def train_recording_updates(
         after_updates.append({k: v.detach().clone() for k, v in unwrap(model).state_dict().items()})
         return updated
 
-    monkeypatch.setattr(s18exp.loop, "optimizer_step", recording_step)
+    monkeypatch.setattr(s18exp.updates, "optimizer_step", recording_step)
     (run_dir / "checkpoints").mkdir(parents=True)
     tracker = Tracker(mode="disabled", project="p", entity=None, run_dir=run_dir, name="n", group="g", job_type="unet", tags=[], config={})
     data = task.build_data()
-    fit(model, task, Batches(data.train, 4, shuffle=True), Batches(data.val, 4), cfg.trainer, runtime, run_dir, tracker,
-        checkpoint_extra={"config": OmegaConf.to_container(cfg, resolve=True), "class_names": list(task.class_names)})
+    saved = {"config": OmegaConf.to_container(cfg, resolve=True), "class_names": list(task.class_names)}
+    fit(model, task, Batches(data.train, 4, shuffle=True), Batches(data.val, 4), LoopContext(cfg.trainer, runtime, run_dir, tracker, saved))
     return task, model, runtime, after_updates
 
 

@@ -4,7 +4,7 @@ The test trains the freshly built model for at most `trainer.lr_find.num_steps` 
 raising the learning rate exponentially from `start_lr` to `end_lr` (`lr_i = start * (end/start)**(i/(N-1))`),
 and records the loss of every step. It is task-agnostic: the batch loss is the task's own
 `training_loss(model, images, targets)` under the run's autocast, the optimiser is built from
-`trainer.optimizer` exactly as `loop.build_updates` builds it and each update is `updates.optimizer_step`, the loop's own, so the
+`trainer.optimizer` exactly as `updates.Updates` builds it and each update is `updates.optimizer_step`, the loop's own, so the
 curve describes the training that follows.
 
 - The loss is smoothed with an exponential moving average (`smooth` is the weight of the past, 0 = raw losses)
@@ -61,9 +61,9 @@ from torch import nn
 from s18exp.data import Batches
 from s18exp.errors import UserError
 from s18exp.runtime import Runtime, rng_state, set_rng_state
+from s18exp.options import LR_FIND_RULES as RULES
 from s18exp.updates import optimizer_step
 
-RULES = ("min_div10", "steepest")  # the pick's rules, `trainer.lr_find.rule`
 STEEPEST_SKIP = 0.1  # share of the first points the steepest rule ignores (the moving average is still young)
 FLOOR_TOLERANCE = 0.05  # the minimum is read where the curve first comes within this share of its fall of it
 
@@ -152,7 +152,7 @@ def range_test(
     """Run the test on `batches` (cycled when shorter than num_steps) and restore everything it touched.
 
     `trainer` is the `trainer` config node: `optimizer`, `grad_clip` and `lr_find` are read. Without an
-    `optimizer`, one is built from `trainer.optimizer` as `loop.build_updates` builds it.
+    `optimizer`, one is built from `trainer.optimizer` as `updates.Updates` builds it.
     """
     settings = settings_from(trainer)
     model_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}

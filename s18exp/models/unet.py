@@ -22,10 +22,10 @@ class UNet(nn.Module):
         num_classes: int,
         downsample: Downsample,
         upsample: Upsample,
-        in_channels: int = 3,
-        width: int = 32,
-        depth: int = 4,
-        block: str = "double",
+        in_channels: int,
+        width: int,
+        depth: int,
+        block: str = "double",  # checkpoints written before the option existed hold no model.block
     ) -> None:
         super().__init__()
         if block not in CONV_BLOCKS:

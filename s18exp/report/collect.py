@@ -201,7 +201,7 @@ def config_value(config: configs.Config | None, key: str) -> Any:
 
 
 def _wandb_group(config: configs.Config | None, hydra: configs.Config | None, path: Path, identity: dict[str, Any]) -> str | None:
-    """The group s18exp.run.wandb_group gave the run: explicit, else the sweep dir's name, else the run's name."""
+    """The group s18exp.tracking.wandb_group gave the run: explicit, else the sweep dir's name, else the run's name."""
     explicit = config_value(config, "wandb.group")
     if explicit:
         return str(explicit)

@@ -45,8 +45,13 @@ class Task(Protocol):
     monitor: str  # the key of `evaluate` that picks the best checkpoint
     monitor_mode: str  # "max" or "min": which way `monitor` is better
     combo_keys: tuple[str, ...]  # the fields of `describe` that make a combo: the W&B tags, a row of the report
+    shown_scores: tuple[str, ...]  # prefixes of the summary.json keys the console shows at the end of a run
     cfg: DictConfig
     class_names: list[str]
+
+    @staticmethod
+    def check_config(cfg: DictConfig) -> None:
+        """A UserError for a bad value of a key that only this task has, after s18exp.config.validate's shared checks."""
 
     def build_data(self) -> Any:
         """The data set: `train`, `val` and `test` splits (s18exp.data.TensorSplit), `class_names`."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from s18exp.augment import PairAugment
 from s18exp.data import Batches, TensorSplit
 from s18exp.errors import UserError, instantiate
 from s18exp.distributed import all_reduce_sum
@@ -30,7 +29,10 @@ from s18exp.metrics import ConfusionMatrix, pair_counts, segmentation_scores
 from s18exp.pictures import LEGEND_HEIGHT, TITLE_HEIGHT, captioned_grid, overlay, titled, to_pil, with_legend
 from s18exp.report.spec import Column, Curve, CurvePanel, ItemMetric, TaskSpec
 from s18exp.tasks import TestResult
-from s18exp.tracking import Tracker
+
+if TYPE_CHECKING:
+    from s18exp.augment import PairAugment
+    from s18exp.tracking import Tracker
 
 PREDICTIONS_FILE = "predictions.png"
 PREDICTIONS_MEDIA = "test/predictions"  # the same pictures in W&B, with the masks as overlays
@@ -112,6 +114,7 @@ class SegmentationTask:
     monitor = "miou"
     monitor_mode = "max"
     combo_keys = ("encoder", "decoder", "loss")
+    shown_scores = ("test/",)
 
     def __init__(self, cfg: DictConfig, class_names: list[str] | None = None) -> None:
         if cfg.data.name != "pets":
@@ -128,11 +131,32 @@ class SegmentationTask:
             )
         self.mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        from s18exp.augment import PairAugment  # training code: the commands that only predict never load it
+
         augment = cfg.get("augment")
         self.augmenter: PairAugment = PairAugment() if augment is None else instantiate(augment)
         self.tta = tta_mode(OmegaConf.select(cfg, "eval.tta", default="flip"))
         self.tta_scales = tta_scales(OmegaConf.select(cfg, "eval.tta_scales", default=[1.0]))
         self.size_multiple = 2 ** int(cfg.model.depth)
+
+    @staticmethod
+    def check_config(cfg: DictConfig) -> None:
+        """The convolution block (`model.block`), and a crop (`augment.crop_size`) that the model's depth divides
+        and that fits in the image."""
+        from s18exp.augment import check_crop_size
+        from s18exp.blocks import CONV_BLOCKS
+
+        block = cfg.model.get("block", next(iter(CONV_BLOCKS)))  # a checkpoint from before the option holds none
+        if block not in CONV_BLOCKS:
+            raise UserError(f"model.block={block!r} is not one of {'|'.join(CONV_BLOCKS)}; e.g. model.block={next(iter(CONV_BLOCKS))}")
+        crop, step = OmegaConf.select(cfg, "augment.crop_size"), 2**cfg.model.depth
+        check_crop_size(crop)
+        if crop is not None and (crop % step or crop > cfg.data.image_size):
+            fit = min(cfg.data.image_size, max(step, round(crop / step) * step))
+            raise UserError(
+                f"augment.crop_size={crop} must divide by 2**model.depth={step} and be at most "
+                f"data.image_size={cfg.data.image_size}; use augment.crop_size={fit}, or null for whole images"
+            )
 
     def build_data(self) -> Any:
         return instantiate(self.cfg.data, cache_dir=self.cfg.paths.cache_dir)

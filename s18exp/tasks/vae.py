@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,7 +38,6 @@ from s18exp.errors import UserError, instantiate
 from s18exp.atomic_files import atomic_save_image
 from s18exp.distributed import Dist, all_reduce_sum
 from s18exp.runtime import Runtime, unwrap
-from s18exp.judge_training import blur_half, judge_for
 from s18exp.losses import cross_entropy
 from s18exp.models.guides import DrawnAugment
 from s18exp.models.judge import classify
@@ -48,7 +47,9 @@ from s18exp.tasks.vae_scores import JUDGE, item_outcomes, scores_from_items
 from s18exp.pictures import LEGEND_HEIGHT, TITLE_HEIGHT, captioned_grid, font, side_by_side, titled, to_pil
 from s18exp.report.spec import Column, Curve, CurvePanel, ItemMetric, TaskSpec
 from s18exp.tasks import TestResult
-from s18exp.tracking import Tracker
+
+if TYPE_CHECKING:
+    from s18exp.tracking import Tracker
 
 PICTURE_SEED = 0  # not the run's seed: every run shows the same test images with the same wrong labels
 EVAL_SEED = 0  # the z drawn for the recon term of evaluate(): the same for every epoch and run
@@ -131,6 +132,9 @@ class VAETask:
     monitor = "elbo"
     monitor_mode = "min"
     combo_keys = ("dataset", "condition", "encoder", "decoder", "loss")  # loss: the bce or mse likelihood
+    # Beside the test split's scores: the judge's and the panel's readers' own (their accuracy on real test
+    # images, their training time).
+    shown_scores = ("test/", "judge/", "panel/")
 
     def __init__(self, cfg: DictConfig, class_names: list[str] | None = None) -> None:
         self.cfg = cfg
@@ -193,6 +197,10 @@ class VAETask:
             guide_arches=self.guide_arches,
             drawn_augment=self.drawn_augment if self.drawn_augment.active else None,
         )
+
+    @staticmethod
+    def check_config(cfg: DictConfig) -> None:
+        """None beyond s18exp.config.validate's: the VAE's own settings are checked as the task is built."""
 
     def describe(self) -> dict[str, Any]:
         """What identifies this run's combo in summary.json, W&B tags and the report."""
@@ -317,6 +325,8 @@ class VAETask:
         if getattr(unwrap(model), "guides", None) is None:  # build_model makes them only when guide_weight > 0
             logits, mu, logvar = model(x, labels, encoder_labels, prior_rows)
         else:
+            from s18exp.judge_training import blur_half  # training code: `generate` never loads it
+
             given = other_labels(labels, self.num_classes, None)
             seen = blur_half(x, self.guide_blur, None)
             logits, mu, logvar, on_real, on_drawn = model(x, labels, encoder_labels, prior_rows, seen, given)
@@ -491,6 +501,8 @@ class VAETask:
         cache; and the training seconds that the readers' cache entries recorded."""
         if self.panel_readers is None:
             raise UserError("this run's config has no task.panel; the VAE's scores need its readers (see conf/task/vae.yaml)")
+        from s18exp.judge_training import judge_for  # training code: `generate` never loads it
+
         progress = self.cfg.trainer.progress
         settings = OmegaConf.to_container(self.cfg.task.judge, resolve=True)
         cache_dir = self.cfg.paths.cache_dir if settings.pop("cache", True) else None
