@@ -80,7 +80,7 @@ def test_the_headline_is_the_score_over_the_pictures_named_as_in_the_table() -> 
         unet = task_for(compose(config_name="config"))
         vae = task_for(compose(config_name="config", overrides=["task=vae"]))
     assert unet.report_spec().headline() == ("test/miou", "test mIoU")
-    assert vae.report_spec().headline() == ("test/label_follow_acc", "label follow")
+    assert vae.report_spec().headline() == ("test/label_follow_acc", "label follow (panel min)")
     # read back from a summary.json, as the report does
     assert TaskSpec.from_dict(json.loads(json.dumps(unet.report_spec().as_dict()))).headline() == ("test/miou", "test mIoU")
 
