@@ -98,7 +98,7 @@ def test_dilated_guide_reads_at_full_resolution():
 
 def test_the_task_builds_the_configured_guides_and_augmentation(image_folder: Path, tmp_path: Path, one_thread):
     base = [*tiny_overrides(image_folder, tmp_path), "model.guide_width=4", "task.guide_weight=5"]
-    plain = VAETask(compose_vae(base)).build_model()
+    plain = VAETask(compose_vae([*base, "task.guides=[judge]", *(f"task.guide_augment.{k}=0" for k in ALL_ON)])).build_model()
     assert list(plain.guides) == ["judge"] and isinstance(plain.drawn_augment, torch.nn.Identity)
     overrides = [*base, "task.guides=[judge,dilated]", *(f"task.guide_augment.{k}={v}" for k, v in ALL_ON.items())]
     task = VAETask(compose_vae(overrides))

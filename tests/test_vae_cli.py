@@ -46,7 +46,7 @@ def test_one_epoch_run_leaves_the_run_dir_contract(trained_run: Path):
     summary = json.loads((trained_run / "summary.json").read_text())
     assert SUMMARY_KEYS <= set(summary), SUMMARY_KEYS - set(summary)
     assert summary["dataset"] == "imagefolder" and summary["condition"] == "both" and summary["seed"] == 0
-    assert summary["status"] == "complete" and summary["run_name"] == "vae_imagefolder_both_mp_tr-s0"
+    assert summary["status"] == "complete" and summary["run_name"] == "vae_imagefolder_both_mp_nn-s0"
     assert summary["test/elbo"] == pytest.approx(summary["test/recon"] + summary["test/kl"])
     for key in ("judge/test_acc", "test/label_follow_acc", "test/input_keep_acc"):
         assert 0.0 <= summary[key] <= 1.0

@@ -24,7 +24,8 @@ CPU = Runtime(torch.device("cpu"), "fp32", channels_last=False)
 def test_task_vae_defaults_to_mnist_and_the_command_line_wins():
     cfg = compose_vae([])
     assert cfg.data.name == "mnist" and cfg.data.image_size == 32 and cfg.model.condition == "both"
-    assert cfg.run_name == "vae_mnist_both_mp_tr-s0"
+    assert cfg.decoder.name == "nearest" and cfg.decoder.upsample.mode == "nearest"  # no transposed convolution
+    assert cfg.run_name == "vae_mnist_both_mp_nn-s0"
     validate(cfg)
     cifar = compose_vae(["data=cifar10", "model.condition=encoder", "encoder=strided", "decoder=upsample", "seed=3"])
     assert cifar.data.name == "cifar10" and cifar.data.channels == cifar.model.in_channels == 3
@@ -421,7 +422,8 @@ def test_guide_term_adds_the_guides_cross_entropies_to_the_elbo(image_folder: Pa
     from s18exp.models.vae import gaussian_kl
 
     base = [*tiny_overrides(image_folder, tmp_path), "model.condition=both", "task.encoder_label_noise=0",
-            "task.prior_z_share=0", "task.beta=1", "task.beta_start=1", "model.guide_width=4"]
+            "task.prior_z_share=0", "task.beta=1", "task.beta_start=1", "model.guide_width=4", "task.guides=[judge]",
+            *(f"task.guide_augment.{change}=0" for change in ("translation", "cutout", "brightness", "saturation", "contrast"))]
     task = VAETask(compose_vae([*base, "task.guide_weight=7", "task.guide_blur=0"]))
     model = task.build_model().eval()
     images, labels = task.build_data().train.images[:6], torch.tensor([0, 1, 2, 0, 1, 2])
