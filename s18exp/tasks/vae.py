@@ -526,15 +526,15 @@ class VAETask:
         split's `scores` are not needed: these replace them."""
         test: TensorSplit = data.test
         given_all = other_labels(test.targets, self.num_classes, torch.Generator().manual_seed(PICTURE_SEED))
-        scores = self.read_outputs(model, data, runtime, run_dir, given_all)
-        figures = self.draw_pictures(model, test, given_all, runtime, run_dir, scores["test/label_follow_acc"])
+        read = self.read_outputs(model, data, runtime, run_dir, given_all)
+        figures = self.draw_pictures(model, test, given_all, runtime, run_dir, read["test/label_follow_acc"])
         captions = {
             "wrong_labels": "input | output given a wrong label",
             "label_sweep": "rows: test inputs; columns: the input, then its output under each label",
             "samples": "z ~ N(0, I), one row per class",
         }
-        tracker.log({**scores, **{MEDIA[k]: tracker.image(figure, caption=captions.get(k)) for k, figure in figures.items()}})
-        return scores
+        tracker.log({**read, **{MEDIA[k]: tracker.image(figure, caption=captions.get(k)) for k, figure in figures.items()}})
+        return read
 
     def read_outputs(self, model: nn.Module, data: Any, runtime: Runtime, run_dir: Path, given_all: torch.Tensor) -> dict[str, float]:
         """The judge and the readers read the real test images, the outputs given the wrong labels `given_all`,
